@@ -1,0 +1,48 @@
+"""`mambakit` entry point: one parser, one verb per module, one-line errors on bad input."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mambakit.cli import demo, generate, train
+
+VERBS = [demo, train, generate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mambakit",
+        description="Mamba and its lineage (RNN, Transformer, S4, selective scan): run, train, "
+                    "compare and show sequence models on any machine.")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    for verb in VERBS:
+        verb.add_parser(sub)
+    return parser
+
+
+# Errors that mean "the user gave us something wrong": reported in one line, exit code 2.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError, FloatingPointError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if os.environ.get("MAMBAKIT_DEBUG"):
+            raise
+        print(f"mambakit {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

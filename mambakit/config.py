@@ -1,0 +1,159 @@
+"""Typed model configs: one dataclass per model family, presets, and the config.json round trip.
+
+Every family shares `ConfigBase`: unknown keys and impossible values raise a `ValueError` that
+names the field, so a typo in a config.json never silently becomes a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass
+class ConfigBase:
+    """Shared behaviour of every model config (validation, presets, dict/json round trip)."""
+
+    model_type: ClassVar[str] = ""
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:  # overridden by each family
+        pass
+
+    # -- helpers for validate() -------------------------------------------------------------
+    def _require_int(self, name: str, minimum: int = 1) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{type(self).__name__}.{name} must be an int, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"{type(self).__name__}.{name} must be >= {minimum}, got {value}")
+
+    def _require_float(self, name: str, low: float = 0.0, low_inclusive: bool = False) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{type(self).__name__}.{name} must be a number, got {value!r}")
+        if value < low or (value == low and not low_inclusive):
+            bound = ">=" if low_inclusive else ">"
+            raise ValueError(f"{type(self).__name__}.{name} must be {bound} {low}, got {value}")
+
+    def _require_bool(self, *names: str) -> None:
+        for name in names:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{type(self).__name__}.{name} must be true/false, "
+                                 f"got {getattr(self, name)!r}")
+
+    def _require_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        if getattr(self, name) not in choices:
+            raise ValueError(f"{type(self).__name__}.{name} must be one of {list(choices)}, "
+                             f"got {getattr(self, name)!r}")
+
+    # -- round trip -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        data = dict(data)
+        model_type = data.pop("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(f"config is for model_type {model_type!r}, not {cls.model_type!r}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(hints)}")
+        return cls(**data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any):
+        if name not in cls.presets:
+            raise ValueError(f"unknown {cls.__name__} preset {name!r}; choose from {sorted(cls.presets)}")
+        return cls.from_dict({**cls.presets[name], **overrides})
+
+    def save(self, path: str | os.PathLike) -> None:
+        from mambakit.io.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        return cls.from_dict(data)
+
+
+def pad_to_multiple(n: int, multiple: int) -> int:
+    return n if n % multiple == 0 else n + multiple - n % multiple
+
+
+@dataclass
+class MambaConfig(ConfigBase):
+    """Mamba LM hyper-parameters, named as in mamba_ssm's MambaConfig / Mamba mixer."""
+
+    model_type: ClassVar[str] = "mamba"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(d_model=64, n_layer=2, vocab_size=257),
+        "130m": dict(d_model=768, n_layer=24, vocab_size=50277),
+        "370m": dict(d_model=1024, n_layer=48, vocab_size=50277),
+        "790m": dict(d_model=1536, n_layer=48, vocab_size=50277),
+        "1.4b": dict(d_model=2048, n_layer=48, vocab_size=50277),
+        "2.8b": dict(d_model=2560, n_layer=64, vocab_size=50277),
+    }
+
+    d_model: int = 768
+    n_layer: int = 24
+    vocab_size: int = 50277
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_scale: float = 1.0
+    conv_bias: bool = True
+    bias: bool = False
+    rms_norm: bool = True
+    norm_epsilon: float = 1e-5
+    residual_in_fp32: bool = True
+    pad_vocab_size_multiple: int = 8
+    tie_embeddings: bool = True
+
+    def validate(self) -> None:
+        for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand",
+                     "pad_vocab_size_multiple"):
+            self._require_int(name)
+        if self.dt_rank != "auto":
+            self._require_int("dt_rank")
+        for name in ("dt_min", "dt_max", "dt_init_floor", "dt_scale", "norm_epsilon"):
+            self._require_float(name)
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"MambaConfig.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
+        self._require_bool("conv_bias", "bias", "rms_norm", "residual_in_fp32", "tie_embeddings")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def resolved_dt_rank(self) -> int:
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else self.dt_rank
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return pad_to_multiple(self.vocab_size, self.pad_vocab_size_multiple)

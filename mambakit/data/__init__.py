@@ -1,0 +1,5 @@
+"""Data: the embedded default corpus, tokenizers, and batch samplers."""
+from mambakit.data.corpus import default_corpus_files, load_default_corpus
+from mambakit.data.tokenizer import ByteTokenizer
+
+__all__ = ["ByteTokenizer", "default_corpus_files", "load_default_corpus"]

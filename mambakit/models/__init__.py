@@ -1,0 +1,41 @@
+"""Language models with one shared surface, and the registry that builds them by name."""
+from __future__ import annotations
+
+from typing import Any
+
+from mambakit.config import ConfigBase, MambaConfig
+from mambakit.models.base import LanguageModel
+from mambakit.models.mamba_lm import MambaCache, MambaLM
+
+# name -> model class; the class's config_class.model_type is what config.json records.
+REGISTRY: dict[str, type[LanguageModel]] = {
+    "mamba": MambaLM,
+}
+
+
+def model_class(name: str) -> type[LanguageModel]:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def config_for(name: str, preset: str | None = None, **fields: Any) -> ConfigBase:
+    cls = model_class(name).config_class
+    return cls.preset(preset, **fields) if preset else cls.from_dict(fields)
+
+
+def build(name: str, preset: str | None = None, **fields: Any) -> LanguageModel:
+    """build("mamba", d_model=64, n_layer=2, vocab_size=257) -> a freshly initialised model."""
+    cls = model_class(name)
+    return cls(config_for(name, preset, **fields))
+
+
+def from_config(config: ConfigBase) -> LanguageModel:
+    for cls in REGISTRY.values():
+        if isinstance(config, cls.config_class):
+            return cls(config)
+    raise ValueError(f"no model registered for {type(config).__name__}")
+
+
+__all__ = ["REGISTRY", "build", "config_for", "from_config", "model_class", "LanguageModel",
+           "MambaLM", "MambaCache", "MambaConfig"]

@@ -1,0 +1,104 @@
+"""The surface every language model shares: forward, allocate_cache/step, generate, save/load.
+
+A family subclasses `LanguageModel`, sets `config_class`, and implements `forward(input_ids,
+cache=None, attention_mask=None)`, `allocate_cache(batch_size, ...)` and `step(tokens, cache)`.
+Everything else — input checks, generation, checkpoints — is written once, here.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mambakit.config import ConfigBase
+
+
+class LanguageModel(nn.Module):
+    config_class: ClassVar[type[ConfigBase]]
+    # alias parameter name -> source parameter name, shared when config.tie_embeddings
+    tied_weights: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, config: ConfigBase):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config
+
+    # -- to implement ---------------------------------------------------------------------------
+    def allocate_cache(self, batch_size: int, max_seqlen: Optional[int] = None) -> Any:
+        raise NotImplementedError
+
+    def step(self, tokens: Tensor, cache: Any) -> Tensor:
+        """tokens (b,) -> next-token logits (b, vocab), advancing `cache` by one position."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    def tie_weights(self) -> None:
+        if not getattr(self.config, "tie_embeddings", False):
+            return
+        for alias, source in self.tied_weights.items():
+            owner, _, leaf = alias.rpartition(".")
+            setattr(self.get_submodule(owner), leaf, self.get_parameter(source))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        seen, total = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen or (exclude_embeddings and "embed" in name):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def check_input_ids(self, input_ids: Tensor, dims: tuple[int, ...] = (2,)) -> None:
+        """Reject what would otherwise be an index crash or a silent wrong answer."""
+        if not isinstance(input_ids, Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+        if input_ids.dim() not in dims:
+            shape = "(batch, seqlen)" if dims == (2,) else "(batch,)"
+            raise ValueError(f"input_ids must be {shape}, got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel():
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= self.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is out of range for vocab_size {self.vocab_size} "
+                                 f"(valid ids are 0..{self.vocab_size - 1})")
+
+    def generate(self, input_ids: Tensor, max_new_tokens: int = 64, **sampling) -> Tensor:
+        """Prefill with the parallel path, then decode one token at a time. Returns (b, l + new).
+        Sampling options: see `mambakit.generation.generate`."""
+        from mambakit.generation import generate
+
+        return generate(self, input_ids, max_new_tokens=max_new_tokens, **sampling)
+
+    def stream(self, input_ids: Tensor, max_new_tokens: int = 64, **sampling) -> Iterator[Tensor]:
+        """Yield each new token batch (b,) as soon as it is decoded."""
+        from mambakit.generation import stream
+
+        return stream(self, input_ids, max_new_tokens=max_new_tokens, **sampling)
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> None:
+        from mambakit.io.checkpoint import save_model
+
+        save_model(self, directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **kwargs):
+        from mambakit.io.checkpoint import load_model
+
+        model = load_model(directory, **kwargs)
+        if not isinstance(model, cls):
+            raise ValueError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model

@@ -1,0 +1,116 @@
+"""The Mamba mixer (Gu & Dao 2023, Fig. 3): in_proj → causal conv1d → SiLU → S6 → gate → out_proj.
+
+Glossary: b batch, l length, d_model width of the residual stream, d_in = expand·d_model channels
+of the SSM, n = d_state, r = dt_rank, k = d_conv. Parameter names and initialisation follow
+mamba_ssm, so its checkpoints load key for key.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mambakit.config import MambaConfig
+from mambakit.ops import causal_conv1d, causal_conv1d_step, selective_scan, selective_state_step
+
+
+@dataclass
+class MambaState:
+    """Recurrent state of one mixer: conv (b, d_in, k-1) recent inputs, ssm (b, d_in, n) fp32."""
+
+    conv: Tensor
+    ssm: Tensor
+
+    def clone(self) -> "MambaState":
+        return MambaState(self.conv.clone(), self.ssm.clone())
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, cfg: MambaConfig, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.d_inner, self.d_state, self.dt_rank = cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank
+        self.d_conv = cfg.d_conv
+        self.scan_backend = "auto"
+        d_in, n, r = self.d_inner, self.d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(cfg.d_model, 2 * d_in, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(d_in, d_in, cfg.d_conv, groups=d_in, padding=cfg.d_conv - 1,
+                                bias=cfg.conv_bias)
+        self.x_proj = nn.Linear(d_in, r + 2 * n, bias=False)      # s_Δ (low rank), s_B, s_C
+        self.dt_proj = nn.Linear(r, d_in, bias=True)              # Broadcast_D(Linear_r(x))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_in, 1))
+        self.D = nn.Parameter(torch.ones(d_in))
+        self.out_proj = nn.Linear(d_in, cfg.d_model, bias=cfg.bias)
+        self._init_dt(cfg)
+
+    @torch.no_grad()
+    def _init_dt(self, cfg: MambaConfig) -> None:
+        # Δ's projection starts so that softplus(bias) ~ log-uniform[dt_min, dt_max] (mamba_ssm).
+        std = self.dt_rank ** -0.5 * cfg.dt_scale
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+                       + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+        self.dt_proj.bias._no_reinit = True
+
+    # ------------------------------------------------------------------------------------------
+    def allocate_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
+        return MambaState(torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+                          torch.zeros(batch_size, self.d_inner, self.d_state, device=device))
+
+    def _ssm_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (..., d_in) -> Δ before bias/softplus (..., d_in), B (..., n), C (..., n)."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def forward(self, hidden: Tensor, state: Optional[MambaState] = None,
+                attention_mask: Optional[Tensor] = None, reset: Optional[Tensor] = None) -> Tensor:
+        """hidden (b, l, d_model) -> (b, l, d_model).
+
+        `state`, if given, is the carried recurrent state: used as the initial state and replaced
+        in place by the final one (prefill and chunked continuation). `attention_mask` (b, l), 0 on
+        left padding, keeps pad tokens out of both states. `reset` (b, l) marks packed documents.
+        """
+        b, l, _ = hidden.shape
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)                   # (b, l, d_in) each
+        x, z = x.transpose(1, 2), z.transpose(1, 2)                    # (b, d_in, l)
+        mask = None if attention_mask is None else attention_mask[:, None, :].to(x.dtype)
+        if mask is not None:
+            x = x * mask                                               # pads never enter the conv state
+        x, conv_state = causal_conv1d(x, self.conv1d.weight[:, 0, :], self.conv1d.bias,
+                                      None if state is None else state.conv, reset)
+        x = F.silu(x)                                                  # (b, d_in, l)
+        dt, B, C = self._ssm_params(x.transpose(1, 2))                 # (b, l, d_in), (b, l, n) x2
+        dt, B, C = dt.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
+        A = -torch.exp(self.A_log.float())                             # (d_in, n)
+        if mask is None:
+            delta, delta_bias, softplus = dt, self.dt_proj.bias.float(), True
+        else:
+            # Δ = 0 on pads makes Ā = 1 and B̄ = 0: the SSM state passes through untouched.
+            delta = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None]) * mask
+            delta_bias, softplus = None, False
+        y, last = selective_scan(x, delta, A, B, C, self.D.float(), z=z, delta_bias=delta_bias,
+                                 delta_softplus=softplus, return_last_state=True,
+                                 initial_state=None if state is None else state.ssm,
+                                 reset=reset, backend=self.scan_backend)  # (b, d_in, l)
+        if state is not None:
+            state.conv, state.ssm = conv_state, last
+        return self.out_proj(y.transpose(1, 2))                        # (b, l, d_model)
+
+    def step(self, hidden: Tensor, state: MambaState) -> Tensor:
+        """One token: hidden (b, d_model) -> (b, d_model), updating `state` in place. O(1) in l."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)                   # (b, d_in)
+        x, state.conv = causal_conv1d_step(x, state.conv, self.conv1d.weight[:, 0, :], self.conv1d.bias)
+        x = F.silu(x)
+        dt, B, C = self._ssm_params(x)
+        dt = F.softplus(dt.float() + self.dt_proj.bias.float())
+        y, state.ssm = selective_state_step(state.ssm, x, dt, -torch.exp(self.A_log.float()), B, C,
+                                            self.D, z)
+        return self.out_proj(y)

@@ -1,0 +1,232 @@
+"""Selective scan (S6): the one dispatch point and the sequential reference that is its spec.
+
+Glossary (Mamba paper, Gu & Dao 2023, Algorithm 2; mamba_ssm's selective_scan_fn names):
+    b       batch size                       B (the paper's batch)
+    d       channels (d_inner of the block)  D
+    l       sequence length                  L
+    n       state size per channel           N (d_state)
+    g       groups sharing one B/C           (mamba_ssm's grouped B/C, g divides d)
+    u       input x_t                         (b, d, l)
+    delta   step Δ_t (before softplus/bias)   (b, d, l)
+    A       continuous state matrix, diagonal (d, n): one diagonal per channel, usually negative
+    B, C    input/output projections s_B(x), s_C(x): (b, n, l) or (b, g, n, l)
+    D       skip connection                   (d,)
+    z       gate input: y = y * SiLU(z)       (b, d, l)
+    h       hidden state                      (b, d, n)
+
+Recurrence (zero-order hold on A, Euler on B as in mamba_ssm):
+    Ā_t = exp(Δ_t A),   B̄_t u_t = Δ_t B_t u_t
+    h_t = Ā_t h_{t-1} + B̄_t u_t
+    y_t = C_t · h_t + D u_t,     then y_t *= SiLU(z_t)
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def selective_scan_ref(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+    return_last_state: bool = False, initial_state: Optional[Tensor] = None,
+    reset: Optional[Tensor] = None,
+):
+    """Sequential reference scan: one time step at a time, fp32 throughout. This is the spec.
+
+    `reset` (b, l) bool marks where a new packed document starts: the state is zeroed before
+    that step (h_{t-1} := 0), so documents packed in one row never see each other.
+    """
+    dtype_in = u.dtype
+    u, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    b, d, l = u.shape
+    B = _expand_groups(B.float(), d)                                  # (b, d, n, l)
+    C = _expand_groups(C.float(), d)                                  # (b, d, n, l)
+    A = A.float()
+    h = (torch.zeros(b, d, A.shape[1], device=u.device) if initial_state is None
+         else initial_state.float())                                  # (b, d, n)
+    ys = []
+    keep = None if reset is None else (~reset.bool()).float()          # (b, l)
+    for t in range(l):
+        if keep is not None:
+            h = h * keep[:, t, None, None]
+        dA = torch.exp(delta[:, :, t, None] * A)                      # Ā_t: (b, d, n)
+        dBu = delta[:, :, t, None] * B[..., t] * u[:, :, t, None]     # B̄_t u_t: (b, d, n)
+        h = dA * h + dBu
+        ys.append((h * C[..., t]).sum(-1))                            # (b, d)
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(b, d, 0)       # (b, d, l)
+    if D is not None:
+        y = y + D.float()[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(dtype_in)
+    return (y, h) if return_last_state else y
+
+
+def selective_state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         D: Optional[Tensor] = None, z: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """One recurrent S6 step (Δ already bias-added and softplus'd).
+
+    state (b, d, n) fp32, x/dt/z (b, d), A (d, n), B/C (b, n) -> (y (b, d), new state (b, d, n)).
+    """
+    dt = dt.float()
+    dA = torch.exp(dt[..., None] * A.float())                            # Ā: (b, d, n)
+    dBx = dt[..., None] * B.float()[:, None, :] * x.float()[..., None]   # B̄ x: (b, d, n)
+    state = dA * state + dBx
+    y = (state * C.float()[:, None, :]).sum(-1)                          # (b, d)
+    if D is not None:
+        y = y + D.float() * x.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(x.dtype), state
+
+
+def _expand_groups(X: Tensor, d: int) -> Tensor:
+    """(b, n, l) or (b, g, n, l) -> (b, d, n, l): group j serves channels [j*d/g, (j+1)*d/g)."""
+    if X.dim() == 3:
+        return X[:, None].expand(-1, d, -1, -1)
+    g = X.shape[1]
+    return X.repeat_interleave(d // g, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checking: every backend gets inputs whose shapes, dtypes and devices are known-good.
+# ----------------------------------------------------------------------------------------------
+def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
+                      reset=None) -> None:
+    def fail(msg: str):
+        raise ValueError(f"selective_scan: {msg}")
+
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        if not isinstance(t, Tensor):
+            fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if u.dim() != 3:
+        fail(f"u must be (batch, d, seqlen), got shape {tuple(u.shape)}")
+    b, d, l = u.shape
+    if delta.shape != u.shape:
+        fail(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != d:
+        fail(f"A must be (d={d}, d_state), got {tuple(A.shape)}")
+    if A.is_complex():
+        fail("complex A is not supported; pass a real (d, d_state) A")
+    n = A.shape[1]
+    for name, X in (("B", B), ("C", C)):
+        if X.dim() == 3:
+            if tuple(X.shape) != (b, n, l):
+                fail(f"{name} must be (batch={b}, d_state={n}, seqlen={l}), got {tuple(X.shape)}")
+        elif X.dim() == 4:
+            g = X.shape[1]
+            if X.shape[0] != b or X.shape[2:] != (n, l):
+                fail(f"{name} must be (batch={b}, groups, d_state={n}, seqlen={l}), got {tuple(X.shape)}")
+            if g == 0 or d % g != 0:
+                fail(f"{name} has {g} groups, which must divide d={d}")
+        else:
+            fail(f"{name} must be 3-D (b, n, l) or 4-D (b, g, n, l), got {X.dim()}-D")
+    optional = (("D", D, (d,)), ("delta_bias", delta_bias, (d,)), ("z", z, (b, d, l)),
+                ("initial_state", initial_state, (b, d, n)))
+    for name, t, shape in optional:
+        if t is not None and tuple(t.shape) != shape:
+            fail(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if reset is not None and (not isinstance(reset, Tensor) or tuple(reset.shape) != (b, l)):
+        fail(f"reset must be a (batch={b}, seqlen={l}) bool tensor, got "
+             f"{tuple(reset.shape) if isinstance(reset, Tensor) else type(reset).__name__}")
+    tensors = [("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)] + \
+              [(name, t) for name, t, _ in optional if t is not None]
+    for name, t in tensors:
+        if not t.is_floating_point():
+            fail(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != u.device:
+            fail(f"{name} is on {t.device} but u is on {u.device}; put all inputs on one device")
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends and the one dispatch point.
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ScanBackend:
+    """A selective-scan implementation. `available(device)` returns None if usable, else why not."""
+
+    name: str
+    fn: Callable
+    available: Callable[[torch.device], Optional[str]]
+    description: str = ""
+
+
+_BACKENDS: dict[str, ScanBackend] = {}
+# Backends tried by backend="auto", best first, per device type.
+_AUTO_ORDER: dict[str, list[str]] = {"cpu": ["ref"], "cuda": ["ref"]}
+_warned: set[str] = set()
+
+
+def register_backend(backend: ScanBackend, auto_for: tuple[str, ...] = (), priority: int = 0) -> None:
+    """Register a backend; `auto_for` lists device types where "auto" should try it first
+    (priority 0 = ahead of everything registered so far)."""
+    _BACKENDS[backend.name] = backend
+    for device_type in auto_for:
+        order = _AUTO_ORDER.setdefault(device_type, ["ref"])
+        if backend.name in order:
+            order.remove(backend.name)
+        order.insert(priority, backend.name)
+
+
+def available_backends(device: torch.device | str = "cpu") -> dict[str, Optional[str]]:
+    """Map every registered backend to None (usable on `device`) or the reason it is not."""
+    device = torch.device(device)
+    return {name: be.available(device) for name, be in _BACKENDS.items()}
+
+
+def resolve_backend(backend: str, device: torch.device) -> ScanBackend:
+    if backend == "auto":
+        for name in _AUTO_ORDER.get(device.type, ["ref"]):
+            be = _BACKENDS.get(name)
+            if be is None:
+                continue
+            reason = be.available(device)
+            if reason is None:
+                return be
+            if name not in _warned:
+                _warned.add(name)
+                warnings.warn(f"selective_scan backend {name!r} unavailable ({reason}); falling back",
+                              RuntimeWarning, stacklevel=3)
+        return _BACKENDS["ref"]
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown selective_scan backend {backend!r}; choose from "
+                         f"{['auto', *sorted(_BACKENDS)]}")
+    be = _BACKENDS[backend]
+    reason = be.available(device)
+    if reason is not None:
+        raise ValueError(f"selective_scan backend {backend!r} is not available on {device}: {reason}")
+    return be
+
+
+def selective_scan(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+    return_last_state: bool = False, initial_state: Optional[Tensor] = None,
+    reset: Optional[Tensor] = None, backend: str = "auto",
+):
+    """Selective scan with mamba_ssm's `selective_scan_fn` contract (see the module glossary).
+
+    Returns `out` (b, d, l) in u's dtype, or `(out, last_state)` with last_state (b, d, n) fp32
+    when `return_last_state`. `initial_state` (b, d, n) continues a scan from a carried state;
+    `reset` (b, l) bool zeroes the state where a packed document starts (varlen packing).
+    Every backend takes the same keyword arguments as `selective_scan_ref`.
+    """
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, reset)
+    impl = resolve_backend(backend, u.device)
+    return impl.fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                   return_last_state=return_last_state, initial_state=initial_state, reset=reset)
+
+
+register_backend(ScanBackend("ref", selective_scan_ref, lambda device: None,
+                             "sequential reference in PyTorch (the spec; slow)"))

@@ -1,0 +1,37 @@
+"""The command line, driven as a user would: a subprocess."""
+import json
+import subprocess
+import sys
+
+
+def mambakit(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "mambakit.cli.main", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_verbs():
+    r = mambakit("--help")
+    assert r.returncode == 0
+    for verb in ("demo", "train", "generate"):
+        assert verb in r.stdout
+
+
+def test_train_then_generate(tmp_path):
+    out = tmp_path / "ck"
+    r = mambakit("train", "--steps", "3", "--seq-len", "32", "--batch-size", "2", "--d-model", "32",
+                 "--max-bytes", "200000", "--out", str(out), "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["steps"] == 3 and (out / "model.safetensors").is_file()
+    r = mambakit("generate", str(out), "--prompt", "import ", "--max-new-tokens", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert len(result["tokens"]) == len("import ") + 10
+
+
+def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path):
+    r = mambakit("generate", str(tmp_path / "missing"))
+    assert r.returncode == 2
+    assert "error:" in r.stderr and "Traceback" not in r.stderr
+    r = mambakit("train", "--steps", "0", "--out", str(tmp_path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr

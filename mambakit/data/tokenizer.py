@@ -1,12 +1,24 @@
-"""Byte-level tokenizer: ids 0..255 are bytes, 256 marks a document boundary (eos)."""
+"""Tokenizers with one small surface: encode, decode, vocab_size, eos_token_id, save.
+
+`ByteTokenizer` (the default) needs nothing; `HFTokenizer` wraps a `tokenizers` tokenizer.json
+(BPE trained by us, or the one shipped beside a transformers checkpoint). `load_tokenizer(dir)`
+picks whichever a directory carries.
+"""
 from __future__ import annotations
 
-from typing import Iterable
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class ByteTokenizer:
+    """ids 0..255 are bytes; 256 marks a document boundary (eos)."""
+
     vocab_size = 257
     eos_token_id = 256
+    kind = "bytes"
 
     def encode(self, text: str | bytes) -> list[int]:
         return list(text.encode("utf-8") if isinstance(text, str) else text)
@@ -14,6 +26,51 @@ class ByteTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
-    def bytes_per_token(self, ids) -> float:
-        """Bytes per token of a tokenized text, for converting loss to bits/byte (1 for bytes)."""
-        return 1.0
+    def save(self, directory: str | os.PathLike) -> None:
+        """Nothing to write: a directory without tokenizer.json means byte-level."""
+
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` (tokenizer.json) behind the same surface as ByteTokenizer."""
+
+    kind = "tokenizer.json"
+
+    def __init__(self, tokenizer, eos_token: Optional[str] = None):
+        self.tokenizer = tokenizer
+        candidates = [eos_token] if eos_token else ["<|endoftext|>", "</s>", "<eos>", "<|eos|>"]
+        self.eos_token_id = next((tokenizer.token_to_id(t) for t in candidates
+                                  if t and tokenizer.token_to_id(t) is not None), None)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        from mambakit.io.atomic import atomic_write_text
+
+        atomic_write_text(Path(directory) / TOKENIZER_FILE, self.tokenizer.to_str())
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "HFTokenizer":
+        from tokenizers import Tokenizer
+
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
+
+
+def load_tokenizer(directory: str | os.PathLike | None = None):
+    """The tokenizer stored in `directory` (tokenizer.json), else byte-level."""
+    if directory is not None:
+        path = Path(directory)
+        path = path / TOKENIZER_FILE if path.is_dir() else path
+        if path.is_file():
+            return HFTokenizer.from_file(path)
+    return ByteTokenizer()

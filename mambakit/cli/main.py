@@ -6,8 +6,9 @@ import os
 import sys
 
 from mambakit.cli import demo, generate, train
+from mambakit.cli import plot
 
-VERBS = [demo, train, generate]
+VERBS = [demo, train, generate, plot]
 
 
 def build_parser() -> argparse.ArgumentParser:

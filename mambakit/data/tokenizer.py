@@ -74,3 +74,47 @@ def load_tokenizer(directory: str | os.PathLike | None = None):
         if path.is_file():
             return HFTokenizer.from_file(path)
     return ByteTokenizer()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short id that changes whenever the id <-> text mapping does (cached token files use it)."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return "bytes"
+    import hashlib
+
+    return hashlib.sha256(tokenizer.tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+
+
+def token_byte_lengths(tokenizer):
+    """(vocab_size,) int64 tensor: the bytes of text each token id stands for; special tokens and
+    eos stand for none. bits/byte = total nats / ln 2 / sum of these over the predicted tokens."""
+    import json
+
+    import torch
+
+    if isinstance(tokenizer, ByteTokenizer):
+        lengths = torch.ones(tokenizer.vocab_size, dtype=torch.long)
+        lengths[tokenizer.eos_token_id] = 0
+        return lengths
+    hf = tokenizer.tokenizer
+    decoder = json.loads(hf.to_str()).get("decoder") or {}
+    byte_level = decoder.get("type") == "ByteLevel"
+    special = {i for i, t in hf.get_added_tokens_decoder().items() if t.special}
+    lengths = torch.zeros(tokenizer.vocab_size, dtype=torch.long)
+    for i in range(tokenizer.vocab_size):
+        if i in special:
+            continue
+        if byte_level:  # the ByteLevel alphabet spells every byte as exactly one character
+            lengths[i] = len(hf.id_to_token(i) or "")
+        else:
+            lengths[i] = len(hf.decode([i], skip_special_tokens=True).encode("utf-8"))
+    return lengths
+
+
+def encode_array(tokenizer, text: str):
+    """Token ids of `text` as a numpy int64 array (fast path for bytes)."""
+    import numpy as np
+
+    if isinstance(tokenizer, ByteTokenizer):
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+    return np.asarray(tokenizer.encode(text), dtype=np.int64)

@@ -6,10 +6,13 @@ from typing import Any
 from mambakit.config import ConfigBase, MambaConfig
 from mambakit.models.base import LanguageModel
 from mambakit.models.mamba_lm import MambaCache, MambaLM
+from mambakit.models.s4_lm import S4Config, S4DConfig, S4DLM, S4LM
 
 # name -> model class; the class's config_class.model_type is what config.json records.
 REGISTRY: dict[str, type[LanguageModel]] = {
     "mamba": MambaLM,
+    "s4": S4LM,
+    "s4d": S4DLM,
 }
 
 
@@ -38,4 +41,4 @@ def from_config(config: ConfigBase) -> LanguageModel:
 
 
 __all__ = ["REGISTRY", "build", "config_for", "from_config", "model_class", "LanguageModel",
-           "MambaLM", "MambaCache", "MambaConfig"]
+           "MambaLM", "MambaCache", "MambaConfig", "S4LM", "S4DLM", "S4Config", "S4DConfig"]

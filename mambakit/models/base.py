@@ -19,6 +19,8 @@ class LanguageModel(nn.Module):
     config_class: ClassVar[type[ConfigBase]]
     # alias parameter name -> source parameter name, shared when config.tie_embeddings
     tied_weights: ClassVar[dict[str, str]] = {}
+    # True when forward accepts `reset` (b, l): state zeroed where packed documents start
+    supports_reset: ClassVar[bool] = False
 
     def __init__(self, config: ConfigBase):
         super().__init__()

@@ -44,6 +44,7 @@ class MambaBackbone(nn.Module):
 class MambaLM(LanguageModel):
     config_class = MambaConfig
     tied_weights = {"lm_head.weight": "backbone.embedding.weight"}
+    supports_reset = True
 
     def __init__(self, config: MambaConfig):
         super().__init__(config)

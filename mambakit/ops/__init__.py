@@ -1,5 +1,10 @@
 """Pure tensor functions (no nn.Module state): scans, convolutions, discretization, kernels."""
 from mambakit.ops.conv import causal_conv1d, causal_conv1d_step
+from mambakit.ops.discretize import ContinuousSSM, bilinear, bilinear_diag, simulate, zoh, zoh_diag
+from mambakit.ops.hippo import dplr_legs_half, hippo_legs, hippo_legt, nplr_legs, reconstruction_demo
+from mambakit.ops.ssm_kernel import (
+    causal_conv_fft, causal_conv_ref, dplr_kernel, ssm_kernel_naive, ssm_recurrent, ssm_step, vandermonde_kernel,
+)
 from mambakit.ops.scan import (
     ScanBackend, available_backends, register_backend, selective_scan, selective_scan_ref, selective_state_step,
 )
@@ -7,4 +12,8 @@ from mambakit.ops.scan import (
 __all__ = [
     "selective_scan", "selective_scan_ref", "register_backend", "available_backends", "ScanBackend",
     "causal_conv1d", "causal_conv1d_step", "selective_state_step",
+    "ContinuousSSM", "zoh", "zoh_diag", "bilinear", "bilinear_diag", "simulate",
+    "hippo_legs", "hippo_legt", "nplr_legs", "dplr_legs_half", "reconstruction_demo",
+    "ssm_step", "ssm_recurrent", "ssm_kernel_naive", "causal_conv_ref", "causal_conv_fft",
+    "vandermonde_kernel", "dplr_kernel",
 ]

@@ -1,0 +1,170 @@
+"""End-to-end 130M-class Mamba on CPU: prefill tok/s, decode ms/token vs context, training step.
+
+Peers in the same run: transformers' MambaForCausalLM (its CPU path) on the same random weights.
+Each measurement runs in its own subprocess so peak RSS is per case. Medians of several runs.
+
+    python benchmarks/bench_lm.py            # full (several minutes; run on an idle machine)
+    python benchmarks/bench_lm.py --quick    # small model, seconds: a smoke test of the script
+Writes benchmarks/results/lm.json and lm.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for hub kernels
+RESULTS = Path(__file__).parent / "results"
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _ours(size: dict):
+    import torch
+    from mambakit import MambaConfig, MambaLM
+
+    torch.manual_seed(0)
+    return MambaLM(MambaConfig(**size))
+
+
+def _hf(size: dict):
+    import torch
+    from transformers import MambaConfig as HFConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = HFConfig(vocab_size=size["vocab_size"], hidden_size=size["d_model"],
+                   num_hidden_layers=size["n_layer"], state_size=16, expand=2, conv_kernel=4)
+    return MambaForCausalLM(cfg)
+
+
+# ---- worker cases (run in a subprocess) ----------------------------------------------------
+def case_prefill(impl: str, size: dict, length: int, repeats: int) -> dict:
+    import torch
+
+    model = (_ours if impl == "mambakit" else _hf)(size).eval()
+    ids = torch.randint(0, size["vocab_size"], (1, length))
+    with torch.inference_mode():
+        model(ids[:, :64])  # warm-up (and JIT compile of the fused scan)
+        t = _median_time(lambda: model(ids), repeats)
+    return {"seconds": t, "tokens_per_s": length / t}
+
+
+def case_decode(impl: str, size: dict, context: int, n_tokens: int) -> dict:
+    import torch
+
+    model = (_ours if impl == "mambakit" else _hf)(size).eval()
+    ids = torch.randint(0, size["vocab_size"], (1, context))
+    with torch.inference_mode():
+        if impl == "mambakit":
+            cache = model.allocate_cache(1)
+            logits = model(ids, cache=cache)[:, -1]
+            token = logits.argmax(-1)
+            per_token = []
+            for _ in range(n_tokens):
+                t0 = time.perf_counter()
+                token = model.step(token, cache).argmax(-1)
+                per_token.append(time.perf_counter() - t0)
+            ms = statistics.median(per_token[2:]) * 1e3
+        else:
+            def run(n):
+                model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            run(2)
+            t_short = _median_time(lambda: run(1), 2)
+            t_long = _median_time(lambda: run(n_tokens + 1), 2)
+            ms = (t_long - t_short) / n_tokens * 1e3
+    return {"ms_per_token": ms}
+
+
+def case_train(impl: str, size: dict, length: int, repeats: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    model = (_ours if impl == "mambakit" else _hf)(size).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, size["vocab_size"], (1, length + 1))
+
+    def step():
+        out = model(ids[:, :-1])
+        logits = out if isinstance(out, torch.Tensor) else out.logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    return {"seconds": _median_time(step, repeats)}
+
+
+CASES = {"prefill": case_prefill, "decode": case_decode, "train": case_train}
+
+
+def run_case(name: str, **kwargs) -> dict:
+    """Run one case in a fresh interpreter; return its result plus peak RSS in MB."""
+    cmd = [sys.executable, __file__, "--worker", json.dumps({"case": name, **kwargs})]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def worker(spec: str) -> None:
+    kwargs = json.loads(spec)
+    result = CASES[kwargs.pop("case")](**kwargs)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--worker")
+    ap.add_argument("--skip-hf", action="store_true", help="only measure mambakit")
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker)
+
+    size = (dict(d_model=128, n_layer=2, vocab_size=512) if args.quick
+            else dict(d_model=768, n_layer=24, vocab_size=50280))
+    prefill_len = 256 if args.quick else 2048
+    contexts = [16, 128] if args.quick else [128, 8192]
+    train_len = 64 if args.quick else 512
+    impls = ["mambakit"] + ([] if args.skip_hf else ["transformers"])
+    results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+               "model": size, "prefill": {}, "decode": {}, "train": {}}
+    for impl in impls:
+        print(f"[{impl}] prefill L={prefill_len} ...", flush=True)
+        results["prefill"][impl] = run_case("prefill", impl=impl, size=size, length=prefill_len,
+                                            repeats=3 if impl == "mambakit" else 1)
+        for ctx in contexts:
+            if impl == "transformers" and ctx > 1024:
+                continue  # HF's decode is flat in context; prefilling 8K on its CPU path takes minutes
+            print(f"[{impl}] decode context={ctx} ...", flush=True)
+            results["decode"].setdefault(impl, {})[str(ctx)] = run_case(
+                "decode", impl=impl, size=size, context=ctx, n_tokens=20)
+        if impl == "mambakit" or args.quick:
+            print(f"[{impl}] train step L={train_len} ...", flush=True)
+            results["train"][impl] = run_case("train", impl=impl, size=size, length=train_len,
+                                              repeats=3)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("lm_quick.json" if args.quick else "lm.json")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

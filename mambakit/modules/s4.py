@@ -1,0 +1,193 @@
+"""S4 and S4D layers: one LTI SSM per channel, trained as a convolution, decoded as a recurrence.
+
+Glossary: b batch, l length, h = d_model channels (one SISO SSM each, no expansion), n = d_state/2
+complex state per channel: a real SSM's conjugate eigen-pairs contribute 2·Re of one member, so
+only half the spectrum is kept (as in S4's code) and y = Re(2C h) + D x.
+
+* S4 (Gu et al. 2022): A = diag(Λ) − P P* (DPLR, Q = P keeps Re A ≤ 0), Λ and P from HiPPO-LegS,
+  bilinear discretization, kernel by the Cauchy/generating-function method (`dplr_kernel`).
+  S4 learns C̃ = C(I − A̅^L) for one fixed L; we learn C and form C̃ per call, so any length works
+  and both modes share the same C.
+* S4D (Gu et al. 2022b): diagonal A, S4D-Lin (A_n = −½ + iπn) or S4D-Inv
+  (A_n = −½ + i(N/π)(N/(2n+1) − 1)) init, B = 1, ZOH, Vandermonde kernel.
+
+`mode` is LSSL's switch: "conv" (FFT convolution, parallel — training and prefill) or
+"recurrent" (h_k = A̅h_{k−1} + B̅x_k one step at a time). Both give the same outputs and states.
+Output as in S4's blocks: GELU, then a linear to 2h and a GLU, so the layer mixes channels and
+gates like Mamba's y·SiLU(z). Complex parameters are stored as real (..., 2) views, which
+safetensors and every optimizer handle.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mambakit.ops.discretize import bilinear, zoh_diag
+from mambakit.ops.hippo import dplr_legs_half
+from mambakit.ops.ssm_kernel import (
+    c_tilde, causal_conv_fft, dplr_dense, dplr_kernel, lti_final_state, lti_free_response, ssm_recurrent,
+    ssm_step, vandermonde_kernel,
+)
+
+MODES = ("conv", "recurrent")
+
+
+@dataclass
+class S4State:
+    """Recurrent state of one S4/S4D layer: ssm (b, h, n) complex. Its size is fixed in l."""
+
+    ssm: Tensor
+
+    def clone(self) -> "S4State":
+        return S4State(self.ssm.clone())
+
+
+def _complex_param(z: Tensor) -> nn.Parameter:
+    return nn.Parameter(torch.view_as_real(z.to(torch.complex64)).clone())
+
+
+class LTIMixer(nn.Module):
+    """What S4 and S4D share: Δ, D, the two modes, state handling and the gated output.
+
+    Subclasses give `discrete()` -> (A̅ (h, n, n) or (h, n), B̅ (h, n), 2C (h, n)) and
+    `kernel(l)` -> real K (h, l) of the same SSM.
+    """
+
+    def __init__(self, d_model: int, d_state: int, dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__()
+        if d_state % 2:
+            raise ValueError(f"d_state must be even (conjugate pairs of the state), got {d_state}")
+        self.d_model, self.n = d_model, d_state // 2
+        self._mode = "conv"
+        # Δ log-uniform in [dt_min, dt_max] per channel: a range of timescales (S4's init).
+        self.log_dt = nn.Parameter(torch.rand(d_model) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.D = nn.Parameter(torch.randn(d_model))
+        self.out_proj = nn.Linear(d_model, 2 * d_model)
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {value!r}")
+        self._mode = value
+
+    @property
+    def dt(self) -> Tensor:
+        return torch.exp(self.log_dt.float())                           # (h,)
+
+    def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def kernel(self, length: int) -> Tensor:
+        raise NotImplementedError
+
+    def allocate_state(self, batch_size: int, device=None, dtype=None) -> S4State:
+        device = device or self.D.device
+        return S4State(torch.zeros(batch_size, self.d_model, self.n, device=device, dtype=torch.complex64))
+
+    def _output(self, y: Tensor) -> Tensor:
+        return F.glu(self.out_proj(F.gelu(y)), dim=-1)                  # (..., h)
+
+    def forward(self, hidden: Tensor, state: Optional[S4State] = None,
+                attention_mask: Optional[Tensor] = None) -> Tensor:
+        """hidden (b, l, h) -> (b, l, h). `state`, if given, is the initial state and is replaced by
+        the final one (prefill). `attention_mask` (b, l), 0 on left padding, zeroes pad inputs: from
+        a zero state an LTI SSM fed zeros stays at zero, so the real tokens see an exact fresh start.
+        """
+        if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
+            raise ValueError(f"{type(self).__name__} expects (batch, length, {self.d_model}), "
+                             f"got {tuple(hidden.shape)}")
+        x = hidden.float().transpose(1, 2)                              # (b, h, l)
+        if attention_mask is not None:
+            x = x * attention_mask[:, None, :].to(x.dtype)
+        h0 = None if state is None else state.ssm
+        if self.mode == "recurrent":
+            Ab, Bb, C2 = self.discrete()
+            y, last = ssm_recurrent(Ab, Bb, C2, self.D, x, h0)
+            y = y.real
+        else:
+            y = causal_conv_fft(x, self.kernel(x.shape[-1]), self.D)    # (b, h, l)
+            if state is not None:
+                Ab, Bb, C2 = self.discrete()
+                y = y + lti_free_response(Ab, C2, h0, x.shape[-1]).real
+                last = lti_final_state(Ab, Bb, x, h0)
+        if state is not None:
+            state.ssm = last
+        return self._output(y.transpose(1, 2).to(hidden.dtype))         # (b, l, h)
+
+    def step(self, hidden: Tensor, state: S4State) -> Tensor:
+        """One token: hidden (b, h) -> (b, h), updating `state` in place. O(1) in the length."""
+        Ab, Bb, C2 = self.discrete()
+        y, state.ssm = ssm_step(Ab, Bb, C2, self.D, state.ssm, hidden.float())
+        return self._output(y.real.to(hidden.dtype))
+
+
+class S4Mixer(LTIMixer):
+    """S4: HiPPO-LegS-initialised DPLR state matrix, bilinear discretization, Cauchy kernel."""
+
+    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__(d_model, d_state, dt_min, dt_max)
+        Lambda, P, B = (x.expand(d_model, self.n) for x in dplr_legs_half(d_state))
+        self.log_A_real = nn.Parameter(torch.log(-Lambda.real).float().clone())   # Re Λ = −exp(·) < 0
+        self.A_imag = nn.Parameter(Lambda.imag.float().clone())
+        self.P = _complex_param(P)
+        self.B = _complex_param(B)
+        self.C = _complex_param(torch.randn(d_model, self.n, dtype=torch.complex64))
+
+    def _dplr(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        return Lambda, torch.view_as_complex(self.P), torch.view_as_complex(self.B), torch.view_as_complex(self.C)
+
+    def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
+        Lambda, P, B, C = self._dplr()
+        Ab, Bb = bilinear(dplr_dense(Lambda, P, P), B, self.dt)         # (h, n, n), (h, n)
+        return Ab, Bb, 2 * C
+
+    def kernel(self, length: int) -> Tensor:
+        Lambda, P, B, C = self._dplr()
+        Ab, _ = bilinear(dplr_dense(Lambda, P, P), B, self.dt)
+        K = dplr_kernel(Lambda, P, P, B, c_tilde(Ab, C, length), self.dt, length)
+        return 2 * K.real                                               # (h, l)
+
+
+def s4d_imag_init(n: int, d_state: int, init: str) -> Tensor:
+    """Im A for S4D-Lin (πn: evenly spaced frequencies) or S4D-Inv (approximates S4-LegS's spectrum)."""
+    k = torch.arange(n, dtype=torch.float32)
+    if init == "lin":
+        return math.pi * k
+    if init == "inv":
+        return d_state / math.pi * (d_state / (2 * k + 1) - 1)
+    raise ValueError(f"S4D init must be 'lin' or 'inv', got {init!r}")
+
+
+class S4DMixer(LTIMixer):
+    """S4D: diagonal complex A, ZOH, Vandermonde kernel."""
+
+    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 init: str = "lin"):
+        super().__init__(d_model, d_state, dt_min, dt_max)
+        self.log_A_real = nn.Parameter(torch.full((d_model, self.n), math.log(0.5)))
+        self.A_imag = nn.Parameter(s4d_imag_init(self.n, d_state, init).repeat(d_model, 1))
+        self.B = _complex_param(torch.ones(d_model, self.n, dtype=torch.complex64))
+        self.C = _complex_param(torch.randn(d_model, self.n, dtype=torch.complex64))
+
+    def _diag(self) -> tuple[Tensor, Tensor, Tensor]:
+        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)     # (h, n)
+        return A, torch.view_as_complex(self.B), torch.view_as_complex(self.C)
+
+    def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
+        A, B, C = self._diag()
+        Ab, Bb = zoh_diag(A, B, self.dt[:, None])                       # (h, n) each
+        return Ab, Bb, 2 * C
+
+    def kernel(self, length: int) -> Tensor:
+        A, B, C = self._diag()
+        return 2 * vandermonde_kernel(A, B, C, self.dt, length).real    # (h, l)

@@ -1,0 +1,1 @@
+"""Pictures of real models and ops (matplotlib, Agg canvas: no display needed)."""

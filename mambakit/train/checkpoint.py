@@ -1,0 +1,130 @@
+"""Training checkpoints: everything needed to continue a run exactly, written atomically.
+
+root/step-000120/  config.json + model.safetensors (a loadable model directory on its own),
+                   optimizer.safetensors (AdamW moments and steps, plus RNG state),
+                   trainer_state.json (step, param groups, seed, metrics so far) — written last.
+root/latest        name of the newest complete checkpoint, replaced atomically.
+
+Each checkpoint is assembled in a temporary folder and renamed into place, so a crash or a full
+disk mid-write leaves the previous checkpoint untouched. No pickle: safetensors + JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import save_file
+
+from mambakit.io.atomic import atomic_write, atomic_write_text
+from mambakit.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_safetensors, tied_aliases
+
+OPTIMIZER_NAME = "optimizer.safetensors"
+STATE_NAME = "trainer_state.json"
+LATEST = "latest"
+PREFIX = "step-"
+
+
+def gather_state(model, optimizer) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state dicts keyed by parameter name. Under FSDP this
+    is a collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer,
+                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def write_weights(directory: Path, model_state: dict, core) -> None:
+    """config.json + model.safetensors for `core` (the unwrapped model), tied aliases dropped."""
+    aliases = tied_aliases(core)
+    state = {k: t.detach().contiguous() for k, t in model_state.items() if k not in aliases}
+    atomic_write(directory / WEIGHTS_NAME,
+                 lambda tmp: save_file(state, tmp, metadata={"format": "pt", "library": "mambakit"}))
+    core.config.save(directory / CONFIG_NAME)
+
+
+def _flatten_optimizer(optim_state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors = {}
+    for name, entries in optim_state["state"].items():
+        for key, value in entries.items():
+            tensors[f"state/{name}/{key}"] = torch.as_tensor(value).contiguous()
+    return tensors, optim_state["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> dict:
+    state: dict[str, dict] = {}
+    for key, value in tensors.items():
+        kind, name, leaf = key.split("/", 2) if key.count("/") >= 2 else (key, "", "")
+        if kind == "state":
+            state.setdefault(name, {})[leaf] = value
+    return {"state": state, "param_groups": param_groups}
+
+
+def write_checkpoint(root: str | os.PathLike, step: int, model_state: dict, optim_state: dict,
+                     core, trainer_state: dict, keep: int = 2, tokenizer=None) -> Path:
+    """Write checkpoint `step` under `root` and point `latest` at it; keep the newest `keep`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    if not (final / STATE_NAME).is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+        try:
+            write_weights(tmp, model_state, core)
+            tensors, groups = _flatten_optimizer(optim_state)
+            tensors["rng/torch"] = torch.get_rng_state()
+            atomic_write(tmp / OPTIMIZER_NAME, lambda p: save_file(tensors, p))
+            if tokenizer is not None:
+                tokenizer.save(tmp)
+            atomic_write_text(tmp / STATE_NAME, json.dumps(
+                {**trainer_state, "step": step, "param_groups": groups}, indent=1) + "\n")
+            if final.exists():  # a partial leftover of an earlier crash at this same step
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    atomic_write_text(root / LATEST, final.name + "\n")
+    for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Optional[Path]:
+    """The newest complete checkpoint under `root`, or None."""
+    root = Path(root)
+    try:
+        named = root / (root / LATEST).read_text(encoding="utf-8").strip()
+        if (named / STATE_NAME).is_file():
+            return named
+    except (OSError, UnicodeDecodeError):
+        pass
+    complete = [p for p in sorted(root.glob(f"{PREFIX}*")) if (p / STATE_NAME).is_file()]
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(path: str | os.PathLike, model, optimizer, core) -> dict:
+    """Restore model, optimizer and RNG state from a checkpoint dir; returns trainer_state.json."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    path = Path(path)
+    try:
+        trainer_state = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable {STATE_NAME} ({e})") from None
+    model_state = read_safetensors(path / WEIGHTS_NAME)
+    for alias, source in type(core).tied_weights.items():
+        if source in model_state and getattr(core.config, "tie_embeddings", False):
+            model_state[alias] = model_state[source]
+    tensors = read_safetensors(path / OPTIMIZER_NAME)
+    optim_state = _unflatten_optimizer(tensors, trainer_state["param_groups"])
+    try:
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                       options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path} does not match this model/optimizer ({e})") from None
+    torch.set_rng_state(tensors["rng/torch"])
+    return trainer_state

@@ -5,10 +5,11 @@ import argparse
 import os
 import sys
 
-from mambakit.cli import demo, generate, train
+from mambakit.cli import demo, eval, generate, tokenizer, train
 from mambakit.cli import plot
+from mambakit.cli import convert
 
-VERBS = [demo, train, generate, plot]
+VERBS = [demo, train, eval, tokenizer, generate, plot, convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -151,3 +151,15 @@ def open_tokens(directory: str | os.PathLike, split: str, tokenizer) -> TokenDat
 
 def is_prepared(directory: str | os.PathLike) -> bool:
     return all((Path(directory) / f"{s}.json").is_file() for s in SPLITS)
+
+
+def load_splits(tokenizer, data: Optional[str | os.PathLike], cache_dir: str | os.PathLike,
+                text_field: str = "text",
+                max_bytes: Optional[int] = None) -> tuple[TokenDataset, TokenDataset]:
+    """(train, val) token datasets of `data`: a prepared folder is opened as is; text files, folders
+    or .jsonl (None: the default corpus) are first tokenized into `cache_dir`."""
+    if data is not None and is_prepared(data):
+        directory = Path(data)
+    else:
+        directory = prepare(cache_dir, tokenizer, None if data is None else [data], text_field, max_bytes)
+    return open_tokens(directory, "train", tokenizer), open_tokens(directory, "val", tokenizer)

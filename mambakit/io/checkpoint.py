@@ -1,36 +1,73 @@
-"""Our checkpoint format: a directory with config.json + model.safetensors, written atomically.
+"""Checkpoint directories in three formats, detected in one place and loaded through one path.
 
-No pickle anywhere: weights are safetensors, the config is JSON. Tied weights are stored once
-(safetensors refuses shared storage) and re-tied on load.
+- "mambakit": config.json (our field names, `model_type`) + model.safetensors — every model family.
+- "transformers": a `MambaForCausalLM.save_pretrained` directory (`hidden_size`, ... ; see hf_mamba).
+- "mamba_ssm": `MambaLMHeadModel` config.json (`d_model`, `ssm_cfg`) + pytorch_model.bin (see mamba_ssm).
+
+No pickle anywhere: safetensors, JSON, and `torch.load(weights_only=True)` for `.bin`. Tied
+weights are stored once in our format (safetensors refuses shared storage) and re-tied on load.
+Files are written atomically, weights first and config last: a directory with a config is complete.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mambakit.io.atomic import atomic_write
+from mambakit.io.atomic import atomic_write, atomic_write_text
+from mambakit.io.files import (
+    CONFIG_NAME, TOKENIZER_FILES, WEIGHTS_NAME, CheckpointError, read_config, read_safetensors, read_weights,
+)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+FORMATS = ("mambakit", "transformers", "mamba_ssm")
+
+__all__ = ["FORMATS", "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "detect_format", "load_model",
+           "save_model", "convert", "load_state_into", "tied_aliases", "read_config", "read_safetensors"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not match the model it is loaded into."""
+def detect_format(config: dict) -> str:
+    """Which format wrote this config.json: the field names tell the three apart."""
+    if "hidden_size" in config or "architectures" in config:
+        return "transformers"
+    if "ssm_cfg" in config or ("model_type" not in config and "d_model" in config):
+        return "mamba_ssm"
+    return "mambakit"
 
 
-def save_model(model, directory: str | os.PathLike) -> None:
+def _format_module(fmt: str):
+    from mambakit.io import hf_mamba, mamba_ssm
+
+    return {"transformers": hf_mamba, "mamba_ssm": mamba_ssm}[fmt]
+
+
+def save_model(model, directory: str | os.PathLike, format: str = "mambakit") -> None:
+    """Write `model` to `directory` in `format` ("mambakit", "transformers" or "mamba_ssm")."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {format!r}; choose from {list(FORMATS)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    aliases = tied_aliases(model)
-    state = {k: t.detach().contiguous() for k, t in model.state_dict().items() if k not in aliases}
+    if format != "mambakit":
+        _format_module(format).save(model, directory)
+        return
+    state = export_state(model)
     atomic_write(directory / WEIGHTS_NAME,
                  lambda tmp: save_file(state, tmp, metadata={"format": "pt", "library": "mambakit"}))
-    model.config.save(directory / CONFIG_NAME)  # config last: a dir with a config is complete
+    model.config.save(directory / CONFIG_NAME)
+
+
+def write_checkpoint(directory: Path, config: dict, write_weights) -> None:
+    """Weights via `write_weights(directory)`, then config.json (last: it marks the dir complete)."""
+    write_weights(directory)
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+
+
+def export_state(model, keep_tied: bool = False) -> dict[str, torch.Tensor]:
+    aliases = set() if keep_tied else tied_aliases(model)
+    return {k: t.detach().contiguous() for k, t in model.state_dict().items() if k not in aliases}
 
 
 def tied_aliases(model) -> set[str]:
@@ -42,30 +79,6 @@ def tied_aliases(model) -> set[str]:
             aliases.add(name)
         seen.add(id(p))
     return aliases
-
-
-def read_config(directory: str | os.PathLike) -> dict:
-    path = Path(directory) / CONFIG_NAME
-    if not Path(directory).is_dir():
-        raise CheckpointError(f"{directory}: not a checkpoint directory")
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: no {CONFIG_NAME} (not a checkpoint directory?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt config ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
-def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: weights file not found") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from None
 
 
 def load_state_into(model, state: dict[str, torch.Tensor], source: str) -> None:
@@ -85,24 +98,53 @@ def load_state_into(model, state: dict[str, torch.Tensor], source: str) -> None:
         problems.append(f"shape mismatches [{'; '.join(shapes)}]")
     if problems:
         raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
+    # A stored copy of a tied weight must agree with its source, or one of them would silently win.
+    sources = {alias: src for alias, src in getattr(model, "tied_weights", {}).items() if alias in tied}
+    differ = [a for a, s in sources.items() if a in state and s in state and not torch.equal(state[a], state[s])]
+    if differ:
+        raise CheckpointError(f"{source}: {differ} differ from the weights they are tied to "
+                              f"({[sources[a] for a in differ]}); set tie_embeddings false to keep both")
     model.load_state_dict(state, strict=False)
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load a checkpoint directory in any of FORMATS (detected from its config.json)."""
     from mambakit.models import model_class
 
     data = read_config(directory)
-    model_type = data.get("model_type", "mamba")
-    try:
-        cls = model_class(model_type)
-        config = cls.config_class.from_dict(data)
-    except ValueError as e:
-        raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: {e}") from None
-    weights = Path(directory) / WEIGHTS_NAME
-    state = read_safetensors(weights)
+    fmt = detect_format(data)
+    if fmt == "mambakit":
+        try:
+            cls = model_class(data.get("model_type", "mamba"))
+            config = cls.config_class.from_dict(data)
+        except ValueError as e:
+            raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: {e}") from None
+        source = str(Path(directory) / WEIGHTS_NAME)
+        state = read_safetensors(source)
+    else:
+        from mambakit.models import MambaLM
+
+        module = _format_module(fmt)
+        cls, config = MambaLM, module.config_from_dict(data, Path(directory) / CONFIG_NAME)
+        raw, source = read_weights(directory)
+        state = module.state_to_ours(raw)
     with torch.device("meta"):
         model = cls(config)
     model = model.to_empty(device=device)
     model.tie_weights()  # to_empty makes every parameter a new object
-    load_state_into(model, state, str(weights))
+    load_state_into(model, state, source)
     return model.eval()
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, format: str) -> str:
+    """Re-save the checkpoint at `src` in `format` under `dst`, tokenizer files included.
+    Returns the format `src` was detected as."""
+    if Path(src).resolve() == Path(dst).resolve():
+        raise ValueError("convert: source and destination are the same directory")
+    source_format = detect_format(read_config(src))
+    model = load_model(src)
+    save_model(model, dst, format=format)
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            atomic_write(Path(dst) / name, lambda tmp, name=name: shutil.copyfile(Path(src) / name, tmp))
+    return source_format

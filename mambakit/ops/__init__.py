@@ -8,6 +8,8 @@ from mambakit.ops.ssm_kernel import (
 from mambakit.ops.scan import (
     ScanBackend, available_backends, register_backend, selective_scan, selective_scan_ref, selective_state_step,
 )
+# Importing these registers the "parallel" and "cpu" backends (the C++ kernel compiles lazily).
+from mambakit.ops import scan_parallel, scan_cpu  # noqa: F401,E402
 
 __all__ = [
     "selective_scan", "selective_scan_ref", "register_backend", "available_backends", "ScanBackend",

@@ -1,4 +1,5 @@
 """Training and evaluation of any registered language model."""
-from mambakit.train.loop import TrainConfig, evaluate, train
+from mambakit.train.evaluate import evaluate
+from mambakit.train.loop import TrainConfig, TrainingInterrupted, TrainResult, train
 
-__all__ = ["TrainConfig", "train", "evaluate"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "train", "evaluate"]

@@ -72,6 +72,9 @@ def write_checkpoint(root: str | os.PathLike, step: int, model_state: dict, opti
     final = root / f"{PREFIX}{step:08d}"
     if not (final / STATE_NAME).is_file():
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the checkpoint is a normal folder
         try:
             write_weights(tmp, model_state, core)
             tensors, groups = _flatten_optimizer(optim_state)

@@ -26,7 +26,7 @@ def test_train_then_generate(tmp_path):
     r = mambakit("generate", str(out), "--prompt", "import ", "--max-new-tokens", "10", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert len(result["tokens"]) == len("import ") + 10
+    assert len(result["results"][0]["tokens"]) == len("import ") + 10
 
 
 def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path):

@@ -1,0 +1,93 @@
+"""transformers `MambaForCausalLM` directories <-> mambakit.
+
+Facts from transformers' models/mamba (configuration_mamba.py, modeling_mamba.py):
+- config.json names: hidden_size, num_hidden_layers, state_size, conv_kernel, expand,
+  time_step_rank ("auto" = ceil(hidden_size / 16)), time_step_{min,max,floor,scale},
+  use_conv_bias, use_bias, layer_norm_epsilon (every RMSNorm, default 1e-5), residual_in_fp32,
+  tie_word_embeddings, vocab_size, hidden_act ("silu").
+- The embedding has exactly `vocab_size` rows: transformers does not pad the vocabulary, so
+  we load with pad_vocab_size_multiple=1 and export our padded size as its vocab_size.
+- Norms are always RMSNorm; the only key that differs from ours is backbone.embeddings
+  (ours, like mamba_ssm: backbone.embedding). A tied lm_head is not stored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from mambakit.config import MambaConfig
+from mambakit.io.atomic import atomic_write
+from mambakit.io.checkpoint import export_state, write_checkpoint
+from mambakit.io.files import WEIGHTS_NAME, CheckpointError
+
+# (theirs, ours) key prefixes
+KEY_PREFIXES = (("backbone.embeddings.", "backbone.embedding."),)
+
+# transformers MambaConfig defaults, used for fields a config.json leaves out
+DEFAULTS = dict(vocab_size=50280, hidden_size=768, state_size=16, num_hidden_layers=32,
+                layer_norm_epsilon=1e-5, expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True,
+                hidden_act="silu", residual_in_fp32=True, time_step_rank="auto", time_step_scale=1.0,
+                time_step_min=0.001, time_step_max=0.1, time_step_floor=1e-4, tie_word_embeddings=True)
+
+# their field -> our MambaConfig field
+FIELDS = dict(hidden_size="d_model", num_hidden_layers="n_layer", vocab_size="vocab_size",
+              state_size="d_state", conv_kernel="d_conv", expand="expand", time_step_rank="dt_rank",
+              time_step_min="dt_min", time_step_max="dt_max", time_step_floor="dt_init_floor",
+              time_step_scale="dt_scale", use_conv_bias="conv_bias", use_bias="bias",
+              layer_norm_epsilon="norm_epsilon", residual_in_fp32="residual_in_fp32",
+              tie_word_embeddings="tie_embeddings")
+
+
+def config_from_dict(data: dict, source: str | Path = "config.json") -> MambaConfig:
+    """A transformers Mamba config.json -> MambaConfig. Fields that do not change the forward
+    pass (initializer_range, use_cache, token ids, ...) are ignored."""
+    if data.get("model_type") != "mamba":
+        raise CheckpointError(f"{source}: model_type {data.get('model_type')!r} is not supported; "
+                              f"only transformers 'mamba' (Mamba-1) checkpoints load")
+    data = {**DEFAULTS, **data}
+    if data["hidden_act"] != "silu":
+        raise CheckpointError(f"{source}: hidden_act {data['hidden_act']!r} is not supported (only 'silu')")
+    if "intermediate_size" in data and data["intermediate_size"] != data["expand"] * data["hidden_size"]:
+        raise CheckpointError(f"{source}: intermediate_size {data['intermediate_size']} != expand * "
+                              f"hidden_size ({data['expand']} * {data['hidden_size']})")
+    try:
+        return MambaConfig(**{ours: data[theirs] for theirs, ours in FIELDS.items()},
+                           rms_norm=True, pad_vocab_size_multiple=1)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+def config_to_dict(cfg: MambaConfig) -> dict:
+    if not cfg.rms_norm:
+        raise ValueError("transformers MambaForCausalLM always uses RMSNorm; this model uses "
+                         "LayerNorm (rms_norm=False) and cannot be exported to it")
+    ours = {**cfg.to_dict(), "vocab_size": cfg.padded_vocab_size, "dt_rank": cfg.resolved_dt_rank}
+    return {"architectures": ["MambaForCausalLM"], "model_type": "mamba",
+            **{theirs: ours[field] for theirs, field in FIELDS.items()},
+            "intermediate_size": cfg.d_inner, "hidden_act": "silu", "time_step_init_scheme": "random"}
+
+
+def _rename(key: str, src: int) -> str:
+    for pair in KEY_PREFIXES:
+        if key.startswith(pair[src]):
+            return pair[1 - src] + key[len(pair[src]):]
+    return key
+
+
+def state_to_ours(state: dict) -> dict:
+    return {_rename(k, 0): v for k, v in state.items()}
+
+
+def state_from_ours(state: dict) -> dict:
+    return {_rename(k, 1): v for k, v in state.items()}
+
+
+def save(model, directory: Path) -> None:
+    """config.json + model.safetensors that `MambaForCausalLM.from_pretrained` reads."""
+    if not isinstance(model.config, MambaConfig):
+        raise ValueError(f"only Mamba models export to transformers, not {type(model).__name__}")
+    config = config_to_dict(model.config)
+    state = state_from_ours(export_state(model))
+    write_checkpoint(directory, config, lambda d: atomic_write(
+        d / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"})))

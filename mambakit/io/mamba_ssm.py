@@ -1,0 +1,78 @@
+"""mamba_ssm `MambaLMHeadModel` checkpoints (config.json + pytorch_model.bin) <-> mambakit.
+
+Facts from state-spaces/mamba (models/config_mamba.py, models/mixer_seq_simple.py):
+- config.json: d_model, n_layer, vocab_size, ssm_cfg (the Mamba mixer's kwargs: d_state, d_conv,
+  expand, dt_rank, dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, bias, ...),
+  rms_norm, residual_in_fp32, fused_add_norm, pad_vocab_size_multiple, tie_embeddings, and in
+  newer versions d_intermediate (an MLP per block) and attn_layer_idx / attn_cfg (hybrid layers).
+- The vocabulary is padded up to pad_vocab_size_multiple, as ours is; norms use eps 1e-5
+  (create_block's norm_epsilon) unless the config says otherwise.
+- Weights: torch.save(model.state_dict()) — backbone.embedding.weight,
+  backbone.layers.{i}.mixer.{in_proj,conv1d,x_proj,dt_proj,out_proj}.*, .A_log, .D,
+  backbone.layers.{i}.norm.weight, backbone.norm_f.weight, lm_head.weight (stored even when tied).
+  mambakit's module names were chosen to match, so keys map one to one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mambakit.config import MambaConfig
+from mambakit.io.atomic import atomic_write
+from mambakit.io.checkpoint import export_state, write_checkpoint
+from mambakit.io.files import BIN_NAME, CheckpointError
+
+TOP_FIELDS = ("d_model", "n_layer", "vocab_size", "rms_norm", "residual_in_fp32",
+              "pad_vocab_size_multiple", "tie_embeddings", "norm_epsilon")
+SSM_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init_floor",
+              "dt_scale", "conv_bias", "bias")
+# Accepted and ignored: they select kernels or initialisation, not the forward pass.
+IGNORED_TOP = ("fused_add_norm", "attn_cfg", "initializer_cfg")
+IGNORED_SSM = ("dt_init", "use_fast_path", "layer")
+# mamba_ssm's MambaConfig defaults for the fields above where they differ from ours
+DEFAULTS = dict(d_model=2560, n_layer=64, vocab_size=50277, pad_vocab_size_multiple=8,
+                rms_norm=True, residual_in_fp32=True, tie_embeddings=True)
+
+
+def config_from_dict(data: dict, source: str | Path = "config.json") -> MambaConfig:
+    ssm_cfg = data.get("ssm_cfg") or {}
+    if ssm_cfg.get("layer", "Mamba1") != "Mamba1":
+        raise CheckpointError(f"{source}: ssm_cfg.layer {ssm_cfg['layer']!r} is not supported (only Mamba1)")
+    if data.get("d_intermediate", 0) or data.get("attn_layer_idx"):
+        raise CheckpointError(f"{source}: hybrid checkpoints (d_intermediate MLPs or attn_layer_idx "
+                              f"attention layers) are not supported")
+    unknown = sorted({k for k in data if k not in TOP_FIELDS + IGNORED_TOP
+                      + ("ssm_cfg", "d_intermediate", "attn_layer_idx")}
+                     | {f"ssm_cfg.{k}" for k in ssm_cfg if k not in SSM_FIELDS + IGNORED_SSM})
+    if unknown:
+        raise CheckpointError(f"{source}: unknown mamba_ssm config field(s) {unknown}")
+    fields = {**DEFAULTS, **{k: data[k] for k in TOP_FIELDS if k in data},
+              **{k: ssm_cfg[k] for k in SSM_FIELDS if k in ssm_cfg}}
+    try:
+        return MambaConfig(**fields)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+def config_to_dict(cfg: MambaConfig) -> dict:
+    ours = cfg.to_dict()
+    config = {k: ours[k] for k in TOP_FIELDS if k != "norm_epsilon"}
+    config.update(d_intermediate=0, ssm_cfg={k: ours[k] for k in SSM_FIELDS}, fused_add_norm=True,
+                  attn_layer_idx=[], attn_cfg={})
+    if cfg.norm_epsilon != 1e-5:  # only older mamba_ssm configs accept this field; omit the default
+        config["norm_epsilon"] = cfg.norm_epsilon
+    return config
+
+
+def state_to_ours(state: dict) -> dict:
+    return dict(state)
+
+
+def save(model, directory: Path) -> None:
+    """config.json + pytorch_model.bin (a plain dict of tensors) that MambaLMHeadModel loads."""
+    if not isinstance(model.config, MambaConfig):
+        raise ValueError(f"only Mamba models export to mamba_ssm, not {type(model).__name__}")
+    state = export_state(model, keep_tied=True)  # mamba_ssm's state_dict keeps lm_head.weight
+    write_checkpoint(directory, config_to_dict(model.config),
+                     lambda d: atomic_write(d / BIN_NAME, lambda tmp: torch.save(state, tmp)))

@@ -1,0 +1,233 @@
+"""TransformerLM: the decoder-only baseline (GPT / LLaMA shape) with MambaLM's surface.
+
+embedding (+ learned positions) → n_layer × [x + attn(norm(x)); x + mlp(norm(x))] → norm_f → tied
+LM head. Positions are rotary by default (RoFormer) — relative, so a model can at least run past
+its training length — or learned absolute embeddings, which cannot: the contrast the length
+extrapolation experiments show. Decoding keeps a KV cache that grows with the context (O(t) work
+and memory per token), where Mamba's state stays fixed.
+
+Left padding (`attention_mask` 0 on pads) is exact: pads are masked out as keys in every call,
+prefill and decode alike, and position ids count real tokens only (cumsum(mask) - 1), so a padded
+row computes exactly what it would alone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mambakit.config import ConfigBase, pad_to_multiple
+from mambakit.models.base import LanguageModel
+from mambakit.modules.attention import CausalSelfAttention, KVState, attention_mask, rotary_angles
+from mambakit.modules.block import Block
+from mambakit.modules.mlp import MLP, MLP_KINDS
+from mambakit.modules.norm import make_norm
+
+POSITIONS = ("rope", "learned")
+
+
+@dataclass
+class TransformerConfig(ConfigBase):
+    model_type: ClassVar[str] = "transformer"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(d_model=64, n_layer=2, n_head=4, vocab_size=257),
+        "small": dict(d_model=256, n_layer=4, n_head=4, vocab_size=257),
+        "gpt2-small": dict(d_model=768, n_layer=12, n_head=12, vocab_size=50257, mlp="gelu",
+                           positions="learned", max_seq_len=1024, rms_norm=False, bias=True),
+    }
+
+    d_model: int = 768
+    n_layer: int = 12
+    n_head: int | str = "auto"      # "auto": about one head per 64 channels (a divisor of d_model)
+    vocab_size: int = 50277
+    d_ff: int | str = "auto"        # "auto": 4 d_model for GELU, 8/3 d_model for SwiGLU (same params)
+    mlp: str = "swiglu"
+    positions: str = "rope"
+    max_seq_len: int = 2048         # learned positions: the table size, a hard limit
+    rope_theta: float = 10000.0
+    bias: bool = False
+    rms_norm: bool = True
+    norm_epsilon: float = 1e-5
+    residual_in_fp32: bool = True
+    pad_vocab_size_multiple: int = 8
+    tie_embeddings: bool = True
+
+    def validate(self) -> None:
+        for name in ("d_model", "n_layer", "vocab_size", "max_seq_len", "pad_vocab_size_multiple"):
+            self._require_int(name)
+        for name in ("n_head", "d_ff"):
+            if getattr(self, name) != "auto":
+                self._require_int(name)
+        self._require_choice("mlp", MLP_KINDS)
+        self._require_choice("positions", POSITIONS)
+        for name in ("rope_theta", "norm_epsilon"):
+            self._require_float(name)
+        self._require_bool("bias", "rms_norm", "residual_in_fp32", "tie_embeddings")
+        h = self.resolved_n_head
+        if self.d_model % h:
+            raise ValueError(f"TransformerConfig.d_model ({self.d_model}) must be divisible by "
+                             f"n_head ({h})")
+        if self.positions == "rope" and (self.d_model // h) % 2:
+            raise ValueError(f"TransformerConfig: rotary positions need an even head size, got "
+                             f"d_model / n_head = {self.d_model // h}")
+
+    @property
+    def resolved_n_head(self) -> int:
+        if self.n_head != "auto":
+            return self.n_head
+        for h in range(max(1, self.d_model // 64), 0, -1):
+            if self.d_model % h == 0 and (self.positions != "rope" or (self.d_model // h) % 2 == 0):
+                return h
+        raise ValueError(f"TransformerConfig: no head count gives rotary positions an even head "
+                         f"size for d_model {self.d_model}; use an even d_model")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.resolved_n_head
+
+    @property
+    def resolved_d_ff(self) -> int:
+        if self.d_ff != "auto":
+            return self.d_ff
+        return 4 * self.d_model if self.mlp == "gelu" else pad_to_multiple(math.ceil(8 * self.d_model / 3), 8)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return pad_to_multiple(self.vocab_size, self.pad_vocab_size_multiple)
+
+
+@dataclass
+class TransformerCache:
+    """Per-layer keys and values for every position so far: grows with the context (O(t) memory).
+
+    `key_mask` (b, capacity) is False on pad slots, which stay masked in every later step;
+    `next_position` (b,) is each row's next position id (its count of real tokens so far)."""
+
+    layers: list[KVState]
+    key_mask: Tensor
+    next_position: Tensor
+    seqlen_offset: int = 0
+
+    def reserve(self, n: int) -> None:
+        """Make room for n more slots, doubling the capacity so growth costs O(1) amortised."""
+        need, capacity = self.seqlen_offset + n, self.key_mask.shape[1]
+        if need <= capacity:
+            return
+        capacity = max(need, 2 * capacity)
+        for layer in self.layers:
+            layer.resize(capacity)
+        mask = self.key_mask.new_zeros(self.key_mask.shape[0], capacity)
+        mask[:, : self.seqlen_offset] = self.key_mask[:, : self.seqlen_offset]
+        self.key_mask = mask
+
+    def clone(self) -> "TransformerCache":
+        return TransformerCache([s.clone() for s in self.layers], self.key_mask.clone(),
+                                self.next_position.clone(), self.seqlen_offset)
+
+
+class TransformerLayer(nn.Module):
+    """Two pre-norm residual blocks: attention, then the MLP."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        norm = lambda: make_norm(cfg.d_model, cfg.norm_epsilon, cfg.rms_norm)  # noqa: E731
+        self.attn = Block(CausalSelfAttention(cfg.d_model, cfg.resolved_n_head, cfg.bias), norm(),
+                          cfg.residual_in_fp32)
+        self.mlp = Block(MLP(cfg.d_model, cfg.resolved_d_ff, cfg.mlp, cfg.bias), norm(), cfg.residual_in_fp32)
+
+    def forward(self, x: Tensor, rotary, allowed, state: Optional[KVState], offset: int) -> Tensor:
+        return self.mlp(self.attn(x, rotary, allowed, state, offset))
+
+
+class TransformerBackbone(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        if cfg.positions == "learned":
+            self.pos_embedding = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg.d_model, cfg.norm_epsilon, cfg.rms_norm)
+
+
+class TransformerLM(LanguageModel):
+    config_class = TransformerConfig
+    tied_weights = {"lm_head.weight": "backbone.embedding.weight"}
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        self.backbone = TransformerBackbone(config)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        self._init_weights()
+        self.tie_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        # GPT-2: N(0, 0.02) everywhere, zero biases, and the projections that write into the
+        # residual stream scaled by 1/sqrt(2 n_layer) (two writes per layer) to keep its variance flat.
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for layer in self.backbone.layers:
+            for block in (layer.attn, layer.mlp):
+                block.mixer.out_proj.weight /= math.sqrt(2 * self.config.n_layer)
+
+    def allocate_cache(self, batch_size: int, max_seqlen: Optional[int] = None) -> TransformerCache:
+        """A KV cache of max_seqlen slots (it grows past that if needed; 64 when not given)."""
+        capacity = max_seqlen or 64
+        layers = [layer.attn.mixer.allocate_state(batch_size, capacity) for layer in self.backbone.layers]
+        device = self.lm_head.weight.device
+        return TransformerCache(layers, torch.zeros(batch_size, capacity, dtype=torch.bool, device=device),
+                                torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def forward(self, input_ids: Tensor, cache: Optional[TransformerCache] = None,
+                attention_mask: Optional[Tensor] = None) -> Tensor:
+        """input_ids (b, l) -> logits (b, l, padded_vocab). With `cache`, attend to the cached
+        keys too and append this chunk's (prefill). `attention_mask` (b, l) is 0 on pads."""
+        self.check_input_ids(input_ids)
+        mask = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(input_ids.shape):
+                raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+                raise ValueError("attention_mask must hold only 0 (pad) and 1 (token)")
+            mask = attention_mask.bool()
+        return self._run(input_ids, cache, mask)
+
+    def step(self, tokens: Tensor, cache: TransformerCache) -> Tensor:
+        self.check_input_ids(tokens, dims=(1,))
+        return self._run(tokens[:, None], cache, None)[:, 0]                # (b, vocab)
+
+    def _run(self, ids: Tensor, cache: Optional[TransformerCache], mask: Optional[Tensor]) -> Tensor:
+        b, l = ids.shape
+        # Position ids count real tokens only, so a left-padded row sees the positions it would alone.
+        steps = torch.arange(l, device=ids.device).expand(b, l) if mask is None \
+            else (mask.long().cumsum(1) - 1).clamp(min=0)
+        positions = steps if cache is None else cache.next_position[:, None] + steps   # (b, l)
+        if self.config.positions == "learned" and l and int(positions.max()) >= self.config.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} is past max_seq_len "
+                             f"{self.config.max_seq_len} (learned positions cannot extrapolate)")
+        offset, allowed = 0, None
+        if cache is not None:
+            offset = cache.seqlen_offset
+            cache.reserve(l)
+            cache.key_mask[:, offset:offset + l] = True if mask is None else mask
+            allowed = attention_mask(cache.key_mask[:, :offset + l], offset, l)   # (b, 1, l, t)
+            cache.next_position += l if mask is None else mask.sum(1)
+            cache.seqlen_offset += l
+        elif mask is not None:
+            allowed = attention_mask(mask, 0, l)
+        h = self.backbone.embedding(ids)                                    # (b, l, d_model)
+        rotary = None
+        if self.config.positions == "learned":
+            h = h + self.backbone.pos_embedding(positions)
+        else:
+            rotary = rotary_angles(positions, self.config.head_dim, self.config.rope_theta)
+        for i, layer in enumerate(self.backbone.layers):
+            h = layer(h, rotary, allowed, None if cache is None else cache.layers[i], offset)
+        return self.lm_head(self.backbone.norm_f(h.to(self.lm_head.weight.dtype)))  # (b, l, vocab)

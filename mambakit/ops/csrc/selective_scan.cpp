@@ -1,0 +1,256 @@
+// Fused selective scan (S6) on CPU: forward and checkpointed backward in one pass per channel.
+//
+// Plain C++17 + OpenMP, no torch headers, so it compiles in ~2 s at first use (see scan_cpu.py).
+// Names follow mambakit/ops/scan.py. One (batch, channel) pair is one independent recurrence over
+// time; pairs are spread over threads, and the state dimension n is the stride-1 inner loop the
+// compiler vectorises (`omp simd`). The expanded state (b, d, l, n) is never written to memory:
+// the forward keeps h (n values) in registers/L1 and, when a backward will follow, saves h only at
+// the start of every `chunk` steps; the backward recomputes each chunk's states from its
+// checkpoint and runs the reverse-time recurrence over them.
+//
+// Layouts (all contiguous): u, delta, z, out, du, ddelta, dz (b, d, l); A, dA (b, d, n) partials
+// for dA; B, C (b, g, l, n) (transposed in Python so the n loop is stride-1); D (d); delta_bias
+// (d); reset (b, l) uint8; h0, last, dlast, dh0 (b, d, n); ckpt (b, d, ceil(l/chunk), n);
+// dB, dC (threads, b, g, l, n) per-thread partial sums, reduced in Python; dD (b, d) partials.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+struct ScanArgs {
+  const void *u, *delta, *A, *B, *C, *D, *z, *delta_bias, *h0;
+  const uint8_t *reset;
+  void *out, *last, *ckpt;
+  const void *dout, *dlast;
+  void *du, *ddelta, *dA, *dB, *dC, *dD, *dz, *dh0;
+  int64_t b, d, l, n, g, chunk;
+  int32_t softplus, threads;
+};
+
+namespace {
+
+// exp(x) for float without a libm call, so `omp simd` loops stay vectorised (Cephes expf:
+// Cody-Waite reduction x = k ln2 + r, degree-6 polynomial, 2^k built in the exponent bits;
+// ~1 ulp). The clamp keeps 2^k a normal float: exp(-87) ~ 1.6e-38 stands in for underflow.
+// Ternaries, not fmin/fmax: their NaN rules block vectorisation (a NaN x still yields NaN).
+inline float exp_(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  float k = (x * 1.44269504088896341f + shift) - shift;
+  float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+inline double exp_(double x) { return std::exp(x); }
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(w) = 2 atanh(w / (2 + w)) as an odd series in
+// s = w/(2+w) <= 1/3, accurate to float precision for tiny w and free of libm calls.
+inline float softplus_(float x) {
+  float w = exp_(x > 0.0f ? -x : x);
+  float s = w / (2.0f + w), s2 = s * s;
+  float p = 1.0f / 13;
+  p = p * s2 + 1.0f / 11;
+  p = p * s2 + 1.0f / 9;
+  p = p * s2 + 1.0f / 7;
+  p = p * s2 + 1.0f / 5;
+  p = p * s2 + 1.0f / 3;
+  p = p * s2 + 1.0f;
+  return (x > 0.0f ? x : 0.0f) + 2.0f * s * p;
+}
+inline double softplus_(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }  // = torch
+
+template <typename T> inline T sigmoid_(T x) { return T(1) / (T(1) + exp_(-x)); }
+
+// Δ row of one channel: delta + bias, then softplus; a vectorisable pass over time.
+template <typename T>
+void delta_row(const T* delta, T bias, bool softplus, int64_t l, T* dt) {
+  if (softplus) {
+#pragma omp simd
+    for (int64_t t = 0; t < l; ++t) dt[t] = softplus_(delta[t] + bias);
+  } else {
+#pragma omp simd
+    for (int64_t t = 0; t < l; ++t) dt[t] = delta[t] + bias;
+  }
+}
+
+// Pointers of one (batch i, channel c) recurrence.
+template <typename T>
+struct Channel {
+  int64_t row, grp;  // offsets of the (b, d, l) row and of the (b, g, l, n) group slab
+  const T *u, *delta, *z, *A, *B, *C;
+  T bias, Dc;
+  Channel(const ScanArgs& a, int64_t i, int64_t c) {
+    row = (i * a.d + c) * a.l;
+    grp = (i * a.g + c / (a.d / a.g)) * a.l * a.n;
+    u = static_cast<const T*>(a.u) + row;
+    delta = static_cast<const T*>(a.delta) + row;
+    z = a.z ? static_cast<const T*>(a.z) + row : nullptr;
+    A = static_cast<const T*>(a.A) + c * a.n;
+    B = static_cast<const T*>(a.B) + grp;
+    C = static_cast<const T*>(a.C) + grp;
+    bias = a.delta_bias ? static_cast<const T*>(a.delta_bias)[c] : T(0);
+    Dc = a.D ? static_cast<const T*>(a.D)[c] : T(0);
+  }
+};
+
+inline bool keep_state(const ScanArgs& a, int64_t i, int64_t t) {
+  return !(a.reset && a.reset[i * a.l + t]);
+}
+
+// n state values of one channel. N > 0 is n known at compile time (the common d_state = 16):
+// a fixed local array the compiler unrolls and keeps in registers; N = 0 is any n, on the heap.
+template <typename T, int N>
+struct StateVec {
+  alignas(64) T fixed[N > 0 ? N : 1];
+  std::vector<T> heap;
+  explicit StateVec(int64_t n) : heap(N > 0 ? 0 : n) {}
+  T* data() { return N > 0 ? fixed : heap.data(); }
+};
+
+// Steps s..e-1 of one channel from state h: y[t-s] = C_t·h_t. kKeep=false updates h (n values) in
+// place; kKeep=true reads h_{s-1} at h[0..n) and keeps every h_t at h[(t-s+1)n..] and the decay
+// actually applied, Ā_t·keep_t (0 where a document starts), at as[(t-s)n..] for the backward.
+template <typename T, int N, bool kKeep>
+inline void steps(const ScanArgs& a, const Channel<T>& ch, int64_t i, const T* dt, int64_t s,
+                  int64_t e, T* h, T* y, T* as) {
+  const int64_t n = N > 0 ? N : a.n, stride = kKeep ? n : 0;
+  for (int64_t t = s; t < e; ++t) {
+    const int64_t j = t - s;
+    const T keep = keep_state(a, i, t) ? T(1) : T(0), dtt = dt[t], dtu = dtt * ch.u[t];
+    const T *Bt = ch.B + t * n, *Ct = ch.C + t * n, *hin = h + j * stride;
+    T *hout = h + (j + 1) * stride, *at = as + j * stride, acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t k = 0; k < n; ++k) {
+      const T ak = exp_(dtt * ch.A[k]) * keep;
+      const T hk = ak * hin[k] + dtu * Bt[k];  // h_t = Ā_t h_{t-1} + B̄_t u_t
+      if constexpr (kKeep) at[k] = ak;
+      hout[k] = hk;
+      acc += hk * Ct[k];
+    }
+    y[j] = acc;
+  }
+}
+
+template <typename T, int N>
+void forward(const ScanArgs& a) {
+  const int64_t n = N > 0 ? N : a.n, l = a.l, nchunks = (l + a.chunk - 1) / a.chunk;
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<T> dt(l);
+    StateVec<T, N> hv(n);
+    T* h = hv.data();
+#pragma omp for schedule(static)
+    for (int64_t bc = 0; bc < a.b * a.d; ++bc) {
+      Channel<T> ch(a, bc / a.d, bc % a.d);
+      T* out = static_cast<T*>(a.out) + ch.row;
+      if (a.h0) std::memcpy(h, static_cast<const T*>(a.h0) + bc * n, n * sizeof(T));
+      else std::fill(h, h + n, T(0));
+      delta_row(ch.delta, ch.bias, a.softplus != 0, l, dt.data());
+      for (int64_t s = 0; s < l; s += a.chunk) {
+        if (a.ckpt) std::memcpy(static_cast<T*>(a.ckpt) + (bc * nchunks + s / a.chunk) * n, h, n * sizeof(T));
+        steps<T, N, false>(a, ch, bc / a.d, dt.data(), s, std::min(l, s + a.chunk), h, out + s, nullptr);
+      }
+#pragma omp simd
+      for (int64_t t = 0; t < l; ++t) {
+        T v = out[t] + ch.Dc * ch.u[t];
+        out[t] = ch.z ? v * ch.z[t] * sigmoid_(ch.z[t]) : v;  // · SiLU(z)
+      }
+      std::memcpy(static_cast<T*>(a.last) + bc * n, h, n * sizeof(T));
+    }
+  }
+}
+
+template <typename T, int N>
+void backward(const ScanArgs& a) {
+  const int64_t n = N > 0 ? N : a.n, l = a.l, T_ = a.chunk, nchunks = (l + T_ - 1) / T_;
+  const int64_t slab = a.b * a.g * l * n;  // one thread's dB / dC partial
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<T> dt(l), hs((T_ + 1) * n), as(T_ * n), ys(T_), dys(T_);
+    StateVec<T, N> dhv(n), dAv(n);
+    T *dh = dhv.data(), *dA = dAv.data();
+    T* dBp = static_cast<T*>(a.dB) + omp_get_thread_num() * slab;
+    T* dCp = static_cast<T*>(a.dC) + omp_get_thread_num() * slab;
+#pragma omp for schedule(static)
+    for (int64_t bc = 0; bc < a.b * a.d; ++bc) {
+      const int64_t i = bc / a.d;
+      Channel<T> ch(a, i, bc % a.d);
+      const T* dout = static_cast<const T*>(a.dout) + ch.row;
+      T *du = static_cast<T*>(a.du) + ch.row, *ddelta = static_cast<T*>(a.ddelta) + ch.row;
+      T* dz = a.dz ? static_cast<T*>(a.dz) + ch.row : nullptr;
+      if (a.dlast) std::memcpy(dh, static_cast<const T*>(a.dlast) + bc * n, n * sizeof(T));
+      else std::fill(dh, dh + n, T(0));
+      std::fill(dA, dA + n, T(0));
+      T dD = 0;
+      delta_row(ch.delta, ch.bias, a.softplus != 0, l, dt.data());
+      for (int64_t s = (nchunks - 1) * T_; s >= 0; s -= T_) {
+        const int64_t e = std::min(l, s + T_);
+        // Recompute this chunk's states h_s..h_{e-1} (and Ā, C·h) from its checkpoint.
+        std::memcpy(hs.data(), static_cast<const T*>(a.ckpt) + (bc * nchunks + s / T_) * n, n * sizeof(T));
+        steps<T, N, true>(a, ch, i, dt.data(), s, e, hs.data(), ys.data(), as.data());
+        // Through the gate: out = v · z σ(z), v = C·h + D u;  d(z σ(z))/dz = σ(z)(1 + z(1 - σ(z))).
+#pragma omp simd reduction(+ : dD)
+        for (int64_t t = s; t < e; ++t) {
+          T dy = dout[t];
+          if (dz) {
+            const T zt = ch.z[t], sz = sigmoid_(zt);
+            dz[t] = dy * (ys[t - s] + ch.Dc * ch.u[t]) * sz * (T(1) + zt * (T(1) - sz));
+            dy *= zt * sz;
+          }
+          dys[t - s] = dy;
+          dD += dy * ch.u[t];
+        }
+        for (int64_t t = e - 1; t >= s; --t) {
+          const int64_t j = t - s;
+          const T ut = ch.u[t], dtt = dt[t], dy = dys[j];
+          const T *Bt = ch.B + t * n, *Ct = ch.C + t * n, *at = as.data() + j * n;
+          const T *hprev = hs.data() + j * n, *hcur = hs.data() + (j + 1) * n;
+          T *dBt = dBp + ch.grp + t * n, *dCt = dCp + ch.grp + t * n, *dhp = dh, *dAp = dA;
+          T dhB = 0, dexpA = 0;  // Σ_k ∂L/∂h_tk B_tk and Σ_k ∂L/∂(Δ_t A_k) A_k
+#pragma omp simd reduction(+ : dhB, dexpA)
+          for (int64_t k = 0; k < n; ++k) {
+            const T dhk = dhp[k] + dy * Ct[k];             // ∂L/∂h_t
+            const T dexp = dhk * hprev[k] * at[k];         // ∂L/∂(Δ_t A_k) through Ā_t
+            dCt[k] += dy * hcur[k];
+            dBt[k] += dhk * dtt * ut;
+            dhB += dhk * Bt[k];
+            dexpA += dexp * ch.A[k];
+            dAp[k] += dexp * dtt;
+            dhp[k] = dhk * at[k];                          // ∂L/∂h_{t-1}
+          }
+          du[t] = dy * ch.Dc + dtt * dhB;
+          ddelta[t] = ut * dhB + dexpA;  // ∂L/∂Δ_t; through softplus below
+        }
+      }
+      if (a.softplus) {
+#pragma omp simd
+        for (int64_t t = 0; t < l; ++t) ddelta[t] *= sigmoid_(ch.delta[t] + ch.bias);
+      }
+      std::memcpy(static_cast<T*>(a.dA) + bc * n, dA, n * sizeof(T));
+      static_cast<T*>(a.dD)[bc] = dD;
+      if (a.dh0) std::memcpy(static_cast<T*>(a.dh0) + bc * n, dh, n * sizeof(T));
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+void mk_scan_fwd_f32(const ScanArgs* a) { a->n == 16 ? forward<float, 16>(*a) : forward<float, 0>(*a); }
+void mk_scan_bwd_f32(const ScanArgs* a) { a->n == 16 ? backward<float, 16>(*a) : backward<float, 0>(*a); }
+// fp64 exists for gradcheck, not for speed: one generic instantiation.
+void mk_scan_fwd_f64(const ScanArgs* a) { forward<double, 0>(*a); }
+void mk_scan_bwd_f64(const ScanArgs* a) { backward<double, 0>(*a); }
+}

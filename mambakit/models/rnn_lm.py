@@ -1,0 +1,138 @@
+"""GRULM and LSTMLM: embedding → stacked GRU / LSTM → norm_f → tied LM head.
+
+The classical baseline: O(1) state per token like Mamba, but the recurrence is non-linear in h,
+so training cannot run it as a scan or a convolution — it is sequential in l. Two registry
+entries, "gru" and "lstm", share one model (`RNNLM`) and one set of fields (`RNNConfig`); each
+has its own config class so config.json's `model_type` says which cell to rebuild.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mambakit.config import ConfigBase, pad_to_multiple
+from mambakit.models.base import LanguageModel
+from mambakit.modules.norm import make_norm
+from mambakit.modules.rnn import RecurrentStack, RNNState
+
+_PRESETS = {
+    "tiny": dict(d_model=64, n_layer=2, vocab_size=257),
+    "small": dict(d_model=512, n_layer=2, vocab_size=257),
+}
+
+
+@dataclass
+class RNNConfig(ConfigBase):
+    """Fields shared by GRUConfig and LSTMConfig (not registered itself: the cell is the family)."""
+
+    cell: ClassVar[str] = ""
+    presets: ClassVar[dict[str, dict[str, Any]]] = _PRESETS
+
+    d_model: int = 512              # input and hidden size of every cell (tied head needs them equal)
+    n_layer: int = 2
+    vocab_size: int = 257
+    dropout: float = 0.0            # between stacked cells, training only
+    rms_norm: bool = True
+    norm_epsilon: float = 1e-5
+    pad_vocab_size_multiple: int = 8
+    tie_embeddings: bool = True
+
+    def validate(self) -> None:
+        if not self.cell:
+            raise ValueError("RNNConfig only holds the shared fields: use GRUConfig or LSTMConfig "
+                             "(or build('gru' | 'lstm', ...))")
+        for name in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple"):
+            self._require_int(name)
+        self._require_float("dropout", 0.0, low_inclusive=True)
+        if self.dropout >= 1:
+            raise ValueError(f"{type(self).__name__}.dropout must be < 1, got {self.dropout}")
+        self._require_float("norm_epsilon")
+        self._require_bool("rms_norm", "tie_embeddings")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return pad_to_multiple(self.vocab_size, self.pad_vocab_size_multiple)
+
+
+@dataclass
+class GRUConfig(RNNConfig):
+    model_type: ClassVar[str] = "gru"
+    cell: ClassVar[str] = "gru"
+
+
+@dataclass
+class LSTMConfig(RNNConfig):
+    model_type: ClassVar[str] = "lstm"
+    cell: ClassVar[str] = "lstm"
+
+
+@dataclass
+class RNNCache:
+    """The hidden state after the last token, (n_layer, b, d_model) per part: O(1) in the context."""
+
+    state: RNNState
+    seqlen_offset: int = 0
+
+    def clone(self) -> "RNNCache":
+        return RNNCache(tuple(s.clone() for s in self.state), self.seqlen_offset)
+
+
+class RNNBackbone(nn.Module):
+    def __init__(self, cfg: RNNConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.rnn = RecurrentStack(cfg.cell, cfg.d_model, cfg.n_layer, cfg.dropout)
+        # The cells' outputs are bounded (|h| < 1); a final norm gives the tied head a scale to learn.
+        self.norm_f = make_norm(cfg.d_model, cfg.norm_epsilon, cfg.rms_norm)
+
+
+class RNNLM(LanguageModel):
+    config_class = RNNConfig
+    tied_weights = {"lm_head.weight": "backbone.embedding.weight"}
+
+    def __init__(self, config: RNNConfig):
+        super().__init__(config)
+        self.backbone = RNNBackbone(config)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        with torch.no_grad():
+            nn.init.normal_(self.backbone.embedding.weight, std=0.02)
+        self.tie_weights()
+
+    def allocate_cache(self, batch_size: int, max_seqlen: Optional[int] = None) -> RNNCache:
+        return RNNCache(self.backbone.rnn.allocate_state(batch_size))
+
+    def forward(self, input_ids: Tensor, cache: Optional[RNNCache] = None,
+                attention_mask: Optional[Tensor] = None) -> Tensor:
+        """input_ids (b, l) -> logits (b, l, padded_vocab). With `cache`, continue from its state and
+        leave the final one there (prefill). `attention_mask` (b, l), 0 on LEFT padding: pads leave
+        the state untouched, even when continuing from a cache."""
+        self.check_input_ids(input_ids)
+        mask = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(input_ids.shape):
+                raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            mask = attention_mask.bool()
+        h = self.backbone.embedding(input_ids)                              # (b, l, d_model)
+        y, state = self.backbone.rnn(h, None if cache is None else cache.state, mask)
+        if cache is not None:
+            cache.state = state
+            cache.seqlen_offset += input_ids.shape[1]
+        return self.lm_head(self.backbone.norm_f(y))                        # (b, l, vocab)
+
+    def step(self, tokens: Tensor, cache: RNNCache) -> Tensor:
+        self.check_input_ids(tokens, dims=(1,))
+        y, cache.state = self.backbone.rnn.step(self.backbone.embedding(tokens), cache.state)
+        cache.seqlen_offset += 1
+        return self.lm_head(self.backbone.norm_f(y))                        # (b, vocab)
+
+
+class GRULM(RNNLM):
+    config_class = GRUConfig
+
+
+class LSTMLM(RNNLM):
+    config_class = LSTMConfig

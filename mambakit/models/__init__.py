@@ -6,13 +6,18 @@ from typing import Any
 from mambakit.config import ConfigBase, MambaConfig
 from mambakit.models.base import LanguageModel
 from mambakit.models.mamba_lm import MambaCache, MambaLM
+from mambakit.models.rnn_lm import GRUConfig, GRULM, LSTMConfig, LSTMLM, RNNConfig, RNNLM
 from mambakit.models.s4_lm import S4Config, S4DConfig, S4DLM, S4LM
+from mambakit.models.transformer_lm import TransformerConfig, TransformerLM
 
 # name -> model class; the class's config_class.model_type is what config.json records.
 REGISTRY: dict[str, type[LanguageModel]] = {
     "mamba": MambaLM,
     "s4": S4LM,
     "s4d": S4DLM,
+    "transformer": TransformerLM,
+    "gru": GRULM,
+    "lstm": LSTMLM,
 }
 
 
@@ -41,4 +46,6 @@ def from_config(config: ConfigBase) -> LanguageModel:
 
 
 __all__ = ["REGISTRY", "build", "config_for", "from_config", "model_class", "LanguageModel",
-           "MambaLM", "MambaCache", "MambaConfig", "S4LM", "S4DLM", "S4Config", "S4DConfig"]
+           "MambaLM", "MambaCache", "MambaConfig", "S4LM", "S4DLM", "S4Config", "S4DConfig",
+           "TransformerLM", "TransformerConfig", "RNNLM", "RNNConfig", "GRULM", "GRUConfig",
+           "LSTMLM", "LSTMConfig"]

@@ -118,7 +118,7 @@ class TransformerCache:
             return
         capacity = max(need, 2 * capacity)
         for layer in self.layers:
-            layer.resize(capacity)
+            layer.grow(capacity)
         mask = self.key_mask.new_zeros(self.key_mask.shape[0], capacity)
         mask[:, : self.seqlen_offset] = self.key_mask[:, : self.seqlen_offset]
         self.key_mask = mask
@@ -133,10 +133,11 @@ class TransformerLayer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        norm = lambda: make_norm(cfg.d_model, cfg.norm_epsilon, cfg.rms_norm)  # noqa: E731
-        self.attn = Block(CausalSelfAttention(cfg.d_model, cfg.resolved_n_head, cfg.bias), norm(),
+        norm = (cfg.d_model, cfg.norm_epsilon, cfg.rms_norm)
+        self.attn = Block(CausalSelfAttention(cfg.d_model, cfg.resolved_n_head, cfg.bias), make_norm(*norm),
                           cfg.residual_in_fp32)
-        self.mlp = Block(MLP(cfg.d_model, cfg.resolved_d_ff, cfg.mlp, cfg.bias), norm(), cfg.residual_in_fp32)
+        self.mlp = Block(MLP(cfg.d_model, cfg.resolved_d_ff, cfg.mlp, cfg.bias), make_norm(*norm),
+                         cfg.residual_in_fp32)
 
     def forward(self, x: Tensor, rotary, allowed, state: Optional[KVState], offset: int) -> Tensor:
         return self.mlp(self.attn(x, rotary, allowed, state, offset))

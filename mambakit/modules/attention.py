@@ -20,7 +20,8 @@ def rotary_angles(positions: Tensor, head_dim: int, theta: float) -> tuple[Tenso
 
     Computed from the positions on every call rather than cached in a buffer: a buffer would be
     left uninitialised when checkpoints are loaded into a model built on the meta device."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    inv_freq = theta ** -exponents                                          # (hd/2,)
     angles = positions[:, None, :, None].float() * inv_freq                # (b, 1, l, hd/2)
     return angles.cos(), angles.sin()
 
@@ -59,13 +60,12 @@ class KVState:
         self.v[:, :, offset:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]                     # (b, h, t, hd)
 
-    def resize(self, capacity: int) -> None:
-        """Grow (or shrink) to `capacity` slots, keeping the ones that fit."""
-        keep = min(capacity, self.k.shape[2])
+    def grow(self, capacity: int) -> None:
+        """Reallocate with `capacity` (>= the current) slots, keeping every stored one."""
         for name in ("k", "v"):
             old = getattr(self, name)
             new = old.new_zeros(*old.shape[:2], capacity, old.shape[3])
-            new[:, :, :keep] = old[:, :, :keep]
+            new[:, :, :old.shape[2]] = old
             setattr(self, name, new)
 
     def clone(self) -> "KVState":

@@ -40,11 +40,25 @@ def test_load_state_checks_the_model(tmp_path):
     save_state(cache, tmp_path / "s")
     with pytest.raises(CheckpointError, match=r"layers.0.ssm: \(1, 64, 8\) vs model \(1, 64, 4\)"):
         load_state(tmp_path / "s", tiny_mamba(d_state=4))
-    with pytest.raises(CheckpointError, match="state has 2 layers, model has 3"):
+    with pytest.raises(CheckpointError, match=r"missing \['layers.2.conv', 'layers.2.ssm'\]"):
         load_state(tmp_path / "s", tiny_mamba(n_layer=3))
     tiny_mamba().save_pretrained(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="not a mambakit state file"):
-        load_state(tmp_path / "ck" / "model.safetensors")
+        load_state(tmp_path / "ck" / "model.safetensors", tiny_mamba())
+
+
+def test_s4d_state_round_trips(tmp_path):
+    from mambakit.models import build
+
+    model = build("s4d", "tiny").eval()
+    ids = torch.randint(0, 257, (1, 9))
+    with torch.no_grad():
+        cache = model.allocate_cache(1)
+        model(ids[:, :5], cache=cache)
+        save_state(cache, tmp_path / "s4d.state")
+        resumed = model(ids[:, 5:], cache=load_state(tmp_path / "s4d.state", model))
+        whole = model(ids)
+    torch.testing.assert_close(resumed, whole[:, 5:], atol=1e-4, rtol=1e-4)
 
 
 def _final_state_loss(model, ids, initial, use_step):

@@ -137,8 +137,9 @@ class _FusedScan(torch.autograd.Function):
         out = torch.empty_like(u)                                           # (b, d, l)
         last = u.new_empty(b, d, n)                                         # (b, d, n)
         ckpt = u.new_empty(b, d, -(-l // CHUNK), n) if any(ctx.needs_input_grad) else None
+        # No more threads than channels: each thread gets its own dB/dC partial in the backward.
         dims = dict(b=b, d=d, l=l, n=n, g=g, chunk=CHUNK, softplus=int(softplus),
-                    threads=torch.get_num_threads())
+                    threads=max(1, min(torch.get_num_threads(), b * d)))
         common = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, reset=reset)
         _call("fwd", u.dtype, **common, h0=initial_state, out=out, last=last, ckpt=ckpt, **dims)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, reset, ckpt)
@@ -171,6 +172,9 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Computes in fp32 (fp64 for fp64 inputs, e.g. for gradcheck); bf16/fp16 inputs are upcast
     here and the output cast back to u's dtype. last_state is in the compute dtype.
     """
+    reason = available(u.device)  # also builds/loads the kernel when called directly
+    if reason is not None:
+        raise ValueError(f"selective_scan backend 'cpu' is not available: {reason}")
     dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
 
     def prep(t: Optional[Tensor]) -> Optional[Tensor]:

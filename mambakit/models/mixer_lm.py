@@ -1,0 +1,92 @@
+"""The residual-stack LM shared by Mamba and the LTI SSMs (S4, S4D):
+
+    embedding → n_layer × Block(norm → mixer, residual) → norm_f → tied LM head
+
+Module names follow mamba_ssm's MambaLMHeadModel (backbone.embedding, backbone.layers.i.mixer,
+backbone.layers.i.norm, backbone.norm_f, lm_head), so its state dicts map key for key. A family
+only says which mixer each layer gets; every mixer has `allocate_state`, `forward(h, state, ...)`
+and `step(h, state)`, and its state is a dataclass of tensors of fixed size (O(1) in the context).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mambakit.models.base import LanguageModel
+from mambakit.modules.block import Block
+from mambakit.modules.norm import make_norm
+
+
+@dataclass
+class RecurrentCache:
+    """One recurrent state per layer, plus how many tokens they have absorbed."""
+
+    layers: list[Any]
+    seqlen_offset: int = 0
+
+    def clone(self) -> "RecurrentCache":
+        return RecurrentCache([s.clone() for s in self.layers], self.seqlen_offset)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Flat {"layers.i.field": tensor} view, e.g. for saving with safetensors."""
+        return {f"layers.{i}.{f.name}": getattr(state, f.name)
+                for i, state in enumerate(self.layers) for f in dataclasses.fields(state)}
+
+
+class MixerBackbone(nn.Module):
+    def __init__(self, config, mixers: list[nn.Module]):
+        super().__init__()
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.layers = nn.ModuleList(
+            Block(mixer, make_norm(config.d_model, config.norm_epsilon, config.rms_norm),
+                  config.residual_in_fp32)
+            for mixer in mixers)
+        self.norm_f = make_norm(config.d_model, config.norm_epsilon, config.rms_norm)
+
+
+class MixerLM(LanguageModel):
+    tied_weights = {"lm_head.weight": "backbone.embedding.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.backbone = MixerBackbone(config, [self.make_mixer(i) for i in range(config.n_layer)])
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+
+    def make_mixer(self, layer_idx: int) -> nn.Module:
+        raise NotImplementedError
+
+    def allocate_cache(self, batch_size: int, max_seqlen: Optional[int] = None) -> RecurrentCache:
+        return RecurrentCache([layer.mixer.allocate_state(batch_size) for layer in self.backbone.layers])
+
+    def forward(self, input_ids: Tensor, cache: Optional[RecurrentCache] = None,
+                attention_mask: Optional[Tensor] = None, **mixer_kwargs) -> Tensor:
+        """input_ids (b, l) -> logits (b, l, padded_vocab).
+
+        With `cache`, the sequence continues from the cached state and the cache ends holding the
+        state after the last token (prefill, or chunked continuation); with grad enabled that final
+        state is differentiable. `attention_mask` (b, l) marks left padding with 0.
+        """
+        self.check_input_ids(input_ids)
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        h = self.backbone.embedding(input_ids)                          # (b, l, d_model)
+        for i, layer in enumerate(self.backbone.layers):
+            h = layer(h, None if cache is None else cache.layers[i], attention_mask, **mixer_kwargs)
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return self.lm_head(self.backbone.norm_f(h.to(self.lm_head.weight.dtype)))  # (b, l, vocab)
+
+    def step(self, tokens: Tensor, cache: RecurrentCache) -> Tensor:
+        self.check_input_ids(tokens, dims=(1,))
+        h = self.backbone.embedding(tokens)                             # (b, d_model)
+        for layer, state in zip(self.backbone.layers, cache.layers):
+            h = layer.step(h, state)
+        cache.seqlen_offset += 1
+        return self.lm_head(self.backbone.norm_f(h.to(self.lm_head.weight.dtype)))  # (b, vocab)
+
+

@@ -1,6 +1,6 @@
 // Fused selective scan (S6) on CPU: forward and checkpointed backward in one pass per channel.
 //
-// Plain C++17 + OpenMP, no torch headers, so it compiles in ~2 s at first use (see scan_cpu.py).
+// Plain C++17 + OpenMP, no torch headers, so it compiles in ~1 s at first use (see scan_cpu.py).
 // Names follow mambakit/ops/scan.py. One (batch, channel) pair is one independent recurrence over
 // time; pairs are spread over threads, and the state dimension n is the stride-1 inner loop the
 // compiler vectorises (`omp simd`). The expanded state (b, d, l, n) is never written to memory:
@@ -8,10 +8,13 @@
 // the start of every `chunk` steps; the backward recomputes each chunk's states from its
 // checkpoint and runs the reverse-time recurrence over them.
 //
-// Layouts (all contiguous): u, delta, z, out, du, ddelta, dz (b, d, l); A, dA (b, d, n) partials
-// for dA; B, C (b, g, l, n) (transposed in Python so the n loop is stride-1); D (d); delta_bias
-// (d); reset (b, l) uint8; h0, last, dlast, dh0 (b, d, n); ckpt (b, d, ceil(l/chunk), n);
-// dB, dC (threads, b, g, l, n) per-thread partial sums, reduced in Python; dD (b, d) partials.
+// Layouts (all contiguous): u, delta, z, out, du, ddelta, dz (b, d, l); A (d, n); B, C (b, g, l, n)
+// (transposed in Python so the n loop is stride-1); D, delta_bias (d); reset (b, l) uint8;
+// h0, last, dlast, dh0 (b, d, n); ckpt (b, d, ceil(l/chunk), n). Gradients shared across
+// channels are written as partials and summed in Python, so threads never write the same memory:
+// dA (b, d, n) and dD (b, d) per batch row, dB and dC (threads, b, g, l, n) per thread.
+// ddelta is the gradient of the raw delta (through bias and softplus); d(delta_bias) is its sum.
+// Float uses a polynomial exp (below) and templates on n = 16; double (for gradcheck) uses libm.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -1,6 +1,7 @@
 """Pre-norm residual block around any mixer: x + mixer(norm(x)), residual optionally kept in fp32."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -23,5 +24,7 @@ class Block(nn.Module):
         return self._add(x, self.mixer.step(self.norm(x).to(self.mixer_dtype), state))
 
     @property
-    def mixer_dtype(self):
-        return next(self.mixer.parameters()).dtype
+    def mixer_dtype(self) -> torch.dtype:
+        # The norm is cast with the mixer; reading its weight is much cheaper than walking
+        # mixer.parameters() twice per layer per decoded token.
+        return self.norm.weight.dtype

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from mambakit.config import MambaConfig
 from mambakit.ops import causal_conv1d, causal_conv1d_step, selective_scan, selective_state_step
+from mambakit.ops.step_cpu import conv_step_cpu, fused_step_usable, ssm_step_cpu
 
 
 @dataclass
@@ -105,9 +106,20 @@ class MambaMixer(nn.Module):
         return self.out_proj(y.transpose(1, 2))                        # (b, l, d_model)
 
     def step(self, hidden: Tensor, state: MambaState) -> Tensor:
-        """One token: hidden (b, d_model) -> (b, d_model), updating `state` in place. O(1) in l."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)                   # (b, d_in)
-        x, state.conv = causal_conv1d_step(x, state.conv, self.conv1d.weight[:, 0, :], self.conv1d.bias)
+        """One token: hidden (b, d_model) -> (b, d_model), updating `state`. O(1) in l."""
+        xz = self.in_proj(hidden)                                      # (b, 2 d_in)
+        d_in, n, r = self.d_inner, self.d_state, self.dt_rank
+        conv_w = self.conv1d.weight[:, 0, :]                           # (d_in, k)
+        if self.scan_backend in ("auto", "cpu") and fused_step_usable(xz, state.conv, state.ssm, conv_w):
+            # Same maths as the branch below, in two fused CPU kernels (ops/step_cpu.py).
+            x, state.conv = conv_step_cpu(xz[:, :d_in], state.conv, conv_w, self.conv1d.bias)
+            x_dbl = self.x_proj(x)                                     # (b, r + 2n)
+            dt = F.linear(x_dbl[:, :r], self.dt_proj.weight)           # (b, d_in)
+            y, state.ssm = ssm_step_cpu(state.ssm, x, dt, self.dt_proj.bias, self.A_log,
+                                        x_dbl[:, r:r + n], x_dbl[:, r + n:], self.D, xz[:, d_in:])
+            return self.out_proj(y)
+        x, z = xz.chunk(2, dim=-1)                                     # (b, d_in)
+        x, state.conv = causal_conv1d_step(x, state.conv, conv_w, self.conv1d.bias)
         x = F.silu(x)
         dt, B, C = self._ssm_params(x)
         dt = F.softplus(dt.float() + self.dt_proj.bias.float())

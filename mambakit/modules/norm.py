@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -12,10 +13,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalise in fp32 so bf16 activations don't lose the small-variance channels.
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        # Normalise in fp32 so bf16 activations don't lose the small-variance channels; one fused
+        # op (F.rms_norm) rather than six, which matters in the per-token decode loop.
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
 
 
 def make_norm(d: int, eps: float, rms: bool) -> nn.Module:

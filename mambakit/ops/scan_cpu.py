@@ -3,6 +3,7 @@
 Why plain C++ loaded with ctypes rather than a torch extension or numba: it needs only a system
 g++ (no torch headers, no ninja, no new dependency), compiles in ~2 s instead of ~40 s, and is
 compiled with -march=native for the CPU it runs on (AVX2-only and AVX-512 machines both occur).
+The same library holds the fused one-token decode step (csrc/decode_step.cpp, ops/step_cpu.py).
 The shared object is cached in ~/.cache/mambakit/ (or $MAMBAKIT_CACHE) under a hash of source,
 flags, compiler and CPU, and written atomically so concurrent processes never see half a file.
 If g++ is missing or compilation fails, `available()` says why and "auto" falls back to "ref".
@@ -28,8 +29,11 @@ import torch
 from torch import Tensor
 
 from mambakit.ops.scan import ScanBackend, register_backend
+from mambakit.ops.step_cpu import declare_step_kernels
 
-SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp"]  # linked into one library
+HEADERS = [CSRC / "fastmath.h"]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]
 CHUNK = 64  # checkpoint interval T: backward memory b·d·n·l/T, recompute buffers T·n per thread
 
@@ -65,15 +69,16 @@ def _cpu_flags() -> str:
 def _build(cxx: str) -> Path:
     """Compile the kernel (or reuse the cached build) and return the shared object's path."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(),
+    texts = [p.read_text() for p in SOURCES + HEADERS]
+    key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version, platform.machine(),
                                     _cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"selective_scan-{key}.so"
     if target.exists():
         return target
 
     def compile_to(tmp: str) -> None:
-        proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run([cxx, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True,
+                              text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-500:]}")
 
@@ -97,6 +102,7 @@ def _library() -> Optional[ctypes.CDLL]:
                     for name in ("mk_scan_fwd_f32", "mk_scan_fwd_f64", "mk_scan_bwd_f32", "mk_scan_bwd_f64"):
                         getattr(lib, name).argtypes = [ctypes.POINTER(_Args)]
                         getattr(lib, name).restype = None
+                    declare_step_kernels(lib)
                     _state["lib"] = lib
                 except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
                     _state["error"] = f"could not build the fused kernel: {exc}"

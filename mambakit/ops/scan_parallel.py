@@ -8,9 +8,10 @@ the associative operator (Mamba paper §3.3; Blelloch 1990)
 so h_t is the b-part of (a_0, b_0) ∘ … ∘ (a_t, b_t). Hillis-Steele doubling computes all prefixes
 in log2(L) elementwise steps. The expanded (b, d, n) pairs exist only for one chunk of time at a
 time: chunks are scanned in parallel inside and chained sequentially by their last state, so
-memory is bounded by the chunk size rather than by L. `reset` sets a_t = 0 (state zeroed before
-step t). Autograd differentiates straight through; it is the portable path, not the fast one on
-CPU (see scan_cpu.py).
+memory is bounded by the chunk size rather than by L. Under autograd each chunk is recomputed in
+the backward pass (activation checkpointing), so training memory stays O(b·d·n·l/chunk) for the
+chained states plus one chunk's intermediates. `reset` sets a_t = 0 (state zeroed before step t).
+It is the portable path, not the fast one on CPU (see scan_cpu.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from mambakit.ops.scan import ScanBackend, register_backend
 
@@ -41,6 +43,19 @@ def prefix_scan(a: Tensor, bu: Tensor) -> tuple[Tensor, Tensor]:
         a = a * a_prev
         offset *= 2
     return a, bu
+
+
+def _scan_chunk(dt5: Tensor, x5: Tensor, Bg: Tensor, Cg: Tensor, A5: Tensor, h: Tensor,
+                keep: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """One time chunk: dt5/x5 (b, g, d/g, c, 1), Bg/Cg (b, g, n, c), h (b, g, d/g, n) ->
+    (y (b, g, d/g, c), state after the chunk)."""
+    a = torch.exp(dt5 * A5)                                               # Ā: (b, g, d/g, c, n)
+    if keep is not None:
+        a = a * keep
+    bu = dt5 * x5 * Bg.transpose(-1, -2)[:, :, None]                      # B̄ u
+    a_cum, h_zero = prefix_scan(a, bu)
+    hs = a_cum * h[..., None, :] + h_zero                                 # (b, g, d/g, c, n)
+    return (hs * Cg.transpose(-1, -2)[:, :, None]).sum(-1), hs[..., -1, :]
 
 
 def _chunk_length(b: int, d: int, l: int, n: int) -> int:
@@ -69,16 +84,14 @@ def selective_scan_parallel(u, delta, A, B, C, D=None, z=None, delta_bias=None, 
          else initial_state.to(dtype).view(b, g, d // g, n))               # (b, g, d/g, n)
     ys = []
     step = _chunk_length(b, d, l, n)
+    recompute = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, delta_bias, initial_state))
     for s in range(0, l, step):
         t = slice(s, min(l, s + step))
-        a = torch.exp(dt5[..., t, :] * A5)                                 # Ā: (b, g, d/g, c, n)
-        if keep is not None:
-            a = a * keep[..., t, :]
-        bu = dt5[..., t, :] * x5[..., t, :] * Bg[..., t].transpose(-1, -2)[:, :, None]  # B̄ u
-        a_cum, h_zero = prefix_scan(a, bu)
-        hs = a_cum * h[..., None, :] + h_zero                              # (b, g, d/g, c, n)
-        ys.append((hs * Cg[..., t].transpose(-1, -2)[:, :, None]).sum(-1))  # (b, g, d/g, c)
-        h = hs[..., -1, :]
+        args = (dt5[..., t, :], x5[..., t, :], Bg[..., t], Cg[..., t], A5, h,
+                None if keep is None else keep[..., t, :])
+        y, h = checkpoint(_scan_chunk, *args, use_reentrant=False) if recompute else _scan_chunk(*args)
+        ys.append(y)                                                       # (b, g, d/g, c)
     y = torch.cat(ys, -1).view(b, d, l) if ys else x.new_zeros(b, d, 0)   # (b, d, l)
     if D is not None:
         y = y + D.to(dtype)[:, None] * x

@@ -1,6 +1,7 @@
 """End-to-end 130M-class Mamba on CPU: prefill tok/s, decode ms/token vs context, training step.
 
-Peers in the same run: transformers' MambaForCausalLM (its CPU path) on the same random weights.
+Peers in the same run: transformers' MambaForCausalLM (its CPU path) and mambapy's LM (its
+parallel scan), same shapes, random weights.
 Each measurement runs in its own subprocess so peak RSS is per case. Medians of several runs.
 
     python benchmarks/bench_lm.py            # full (several minutes; run on an idle machine)
@@ -51,11 +52,37 @@ def _hf(size: dict):
     return MambaForCausalLM(cfg)
 
 
+def _mambapy(size: dict):
+    """mambapy's Mamba stack (pscan) with an embedding, final RMSNorm and tied head, as in its
+    `lm.LM` — which itself can't be imported without mamba_ssm (its Mamba-2 module needs it)."""
+    import torch
+    from mambapy.mamba import Mamba, MambaConfig as PyConfig, RMSNorm
+    from torch import nn
+
+    class PyLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(size["vocab_size"], size["d_model"])
+            self.mamba = Mamba(PyConfig(d_model=size["d_model"], n_layers=size["n_layer"]))
+            self.norm_f = RMSNorm(size["d_model"])
+            self.lm_head = nn.Linear(size["d_model"], size["vocab_size"], bias=False)
+            self.lm_head.weight = self.embedding.weight
+
+        def forward(self, ids):
+            return self.lm_head(self.norm_f(self.mamba(self.embedding(ids))))
+
+    torch.manual_seed(0)
+    return PyLM()
+
+
+BUILD = {"mambakit": _ours, "transformers": _hf, "mambapy": _mambapy}
+
+
 # ---- worker cases (run in a subprocess) ----------------------------------------------------
 def case_prefill(impl: str, size: dict, length: int, repeats: int) -> dict:
     import torch
 
-    model = (_ours if impl == "mambakit" else _hf)(size).eval()
+    model = BUILD[impl](size).eval()
     ids = torch.randint(0, size["vocab_size"], (1, length))
     with torch.inference_mode():
         model(ids[:, :64])  # warm-up (and JIT compile of the fused scan)
@@ -66,7 +93,7 @@ def case_prefill(impl: str, size: dict, length: int, repeats: int) -> dict:
 def case_decode(impl: str, size: dict, context: int, n_tokens: int) -> dict:
     import torch
 
-    model = (_ours if impl == "mambakit" else _hf)(size).eval()
+    model = BUILD[impl](size).eval()
     ids = torch.randint(0, size["vocab_size"], (1, context))
     with torch.inference_mode():
         if impl == "mambakit":
@@ -93,17 +120,22 @@ def case_train(impl: str, size: dict, length: int, repeats: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    model = (_ours if impl == "mambakit" else _hf)(size).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = BUILD[impl](size).train()
+    if impl == "mambakit":  # what `mambakit train` uses: fused AdamW, no decay on norms/A_log/D
+        from mambakit.train.schedule import build_optimizer
+
+        opt = build_optimizer(model, lr=1e-4, weight_decay=0.1)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, size["vocab_size"], (1, length + 1))
 
     def step():
         out = model(ids[:, :-1])
         logits = out if isinstance(out, torch.Tensor) else out.logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)  # free the grads before the next forward, as a trainer does
 
     step()
     return {"seconds": _median_time(step, repeats)}
@@ -132,7 +164,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker")
-    ap.add_argument("--skip-hf", action="store_true", help="only measure mambakit")
+    ap.add_argument("--impls", default="mambakit,transformers,mambapy",
+                    help="comma-separated subset of mambakit,transformers,mambapy")
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker)
@@ -142,7 +175,10 @@ def main() -> None:
     prefill_len = 256 if args.quick else 2048
     contexts = [16, 128] if args.quick else [128, 8192]
     train_len = 64 if args.quick else 512
-    impls = ["mambakit"] + ([] if args.skip_hf else ["transformers"])
+    impls = [i for i in args.impls.split(",") if i]
+    unknown = [i for i in impls if i not in BUILD]
+    if unknown:
+        ap.error(f"unknown implementation(s) {unknown}; choose from {sorted(BUILD)}")
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
                "model": size, "prefill": {}, "decode": {}, "train": {}}
     for impl in impls:
@@ -150,12 +186,14 @@ def main() -> None:
         results["prefill"][impl] = run_case("prefill", impl=impl, size=size, length=prefill_len,
                                             repeats=3 if impl == "mambakit" else 1)
         for ctx in contexts:
+            if impl == "mambapy":
+                continue  # mambapy decodes by re-running its step over the whole prompt; not a peer here
             if impl == "transformers" and ctx > 1024:
                 continue  # HF's decode is flat in context; prefilling 8K on its CPU path takes minutes
             print(f"[{impl}] decode context={ctx} ...", flush=True)
             results["decode"].setdefault(impl, {})[str(ctx)] = run_case(
                 "decode", impl=impl, size=size, context=ctx, n_tokens=20)
-        if impl == "mambakit" or args.quick:
+        if impl != "transformers" or args.quick:  # HF's step at L=512 takes minutes (SPEC: 462 s)
             print(f"[{impl}] train step L={train_len} ...", flush=True)
             results["train"][impl] = run_case("train", impl=impl, size=size, length=train_len,
                                               repeats=3)

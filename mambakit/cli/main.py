@@ -8,8 +8,9 @@ import sys
 from mambakit.cli import demo, eval, generate, tokenizer, train
 from mambakit.cli import plot
 from mambakit.cli import convert
+from mambakit.cli import bench
 
-VERBS = [demo, train, eval, tokenizer, generate, plot, convert]
+VERBS = [demo, train, eval, tokenizer, generate, plot, convert, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,6 @@ at short and long context, peak memory) with a sample from each."""
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -16,6 +14,8 @@ from mambakit.data import load_tokenizer
 from mambakit.data.tokens import load_splits
 from mambakit.io.atomic import atomic_write_text
 from mambakit.models import REGISTRY, from_config
+from mambakit.models.budget import configs_for_budget
+from mambakit.perf import decode_latency_ms
 from mambakit.train.loop import TrainConfig, train
 from mambakit.train.memory import PeakMemory
 
@@ -61,33 +61,12 @@ class ModelReport:
     history: list[dict] = field(default_factory=list)
 
 
-@torch.inference_mode()
-def decode_latency_ms(model, context: int, n_tokens: int = 8, seed: int = 0) -> float:
-    """Median ms per decoded token after prefilling `context` tokens: the cost a chat user feels
-    at that context length (flat for recurrent models, growing for attention's KV cache)."""
-    model.eval()
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.vocab_size, (1, context), generator=g)
-    cache = model.allocate_cache(1, max_seqlen=context + n_tokens + 1)
-    logits = model(ids, cache=cache)[:, -1]
-    times = []
-    for _ in range(n_tokens + 1):   # the first step warms up allocations; not counted
-        token = logits[:, :model.vocab_size].argmax(-1)
-        t = time.perf_counter()
-        logits = model.step(token, cache)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times[1:])
-
 
 def equal_size_configs(names: tuple[str, ...], budget_params: int, vocab_size: int) -> dict:
     """Configs of about `budget_params` parameters for each of `names` (the registry's sizing)."""
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(REGISTRY)}")
-    try:
-        from mambakit.models.budget import configs_for_budget
-    except ImportError:
-        raise ValueError("equal-size configs need mambakit.models.budget, which this install lacks") from None
     configs = configs_for_budget(budget_params, vocab_size=vocab_size)
     missing = [n for n in names if n not in configs]
     if missing:

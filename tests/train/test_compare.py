@@ -4,6 +4,7 @@ import json
 import pytest
 
 from mambakit.models import config_for
+from mambakit.perf import decode_latency_ms
 from mambakit.train import compare as cmp
 from tests.conftest import tiny_mamba
 
@@ -34,7 +35,7 @@ def test_compare_writes_table_data_plots_and_samples(tmp_path, tiny_sizes):
 
 
 def test_decode_latency_is_measured_after_a_prefill():
-    assert cmp.decode_latency_ms(tiny_mamba(), context=16, n_tokens=2) > 0
+    assert decode_latency_ms(tiny_mamba(), context=16, n_tokens=2) > 0
 
 
 def test_unknown_model_is_rejected():

@@ -54,6 +54,12 @@ class ConfigBase:
             raise ValueError(f"{type(self).__name__}.{name} must be one of {list(choices)}, "
                              f"got {getattr(self, name)!r}")
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Embedding / head rows: vocab_size rounded up to pad_vocab_size_multiple (every LM
+        family has both fields), as mamba_ssm does for matmul-friendly shapes."""
+        return pad_to_multiple(self.vocab_size, self.pad_vocab_size_multiple)
+
     # -- round trip -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}
@@ -153,7 +159,3 @@ class MambaConfig(ConfigBase):
     @property
     def resolved_dt_rank(self) -> int:
         return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else self.dt_rank
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return pad_to_multiple(self.vocab_size, self.pad_vocab_size_multiple)

@@ -82,13 +82,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tens
     return ids, mask
 
 
-def _check_attention_mask(mask: Tensor, input_ids: Tensor, cache) -> None:
-    if tuple(mask.shape) != tuple(input_ids.shape):
-        raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, "
-                         f"got {tuple(mask.shape)}")
-    m = mask.long()
-    if not bool(((m == 0) | (m == 1)).all()):
-        raise ValueError("attention_mask must hold only 0 (pad) and 1 (token)")
+def _check_attention_mask(model, mask: Tensor, input_ids: Tensor, cache) -> None:
+    m = model.check_attention_mask(mask, input_ids).long()
     if not bool((m[:, 1:] >= m[:, :-1]).all()) or not bool(m[:, -1].all()):
         raise ValueError("attention_mask must be LEFT padding (0s then 1s, last column all 1): "
                          "right padding would sample from a pad position")
@@ -127,7 +122,7 @@ def stream(model, input_ids: Tensor, max_new_tokens: int = 64, temperature: floa
     history = input_ids.long()
     kwargs = {}
     if attention_mask is not None:
-        _check_attention_mask(attention_mask, input_ids, cache)
+        _check_attention_mask(model, attention_mask, input_ids, cache)
         kwargs["attention_mask"] = attention_mask
         # Pads must not count as "already seen" for the repetition penalty: stand each pad in
         # for the row's last prompt token (always real with left padding), which it already has.

@@ -5,15 +5,18 @@ import argparse
 import tempfile
 
 from mambakit.cli.common import emit_json, positive_int
-from mambakit.cli.train import add_data_args
+from mambakit.cli.train import add_data_args, resolve_tokenizer
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="validation loss / bits-per-byte / perplexity of a checkpoint",
                        description="Evaluate a checkpoint directory on the validation split of the "
-                                   "default corpus or --data, with the tokenizer saved beside it.")
+                                   "default corpus or --data, with the tokenizer saved beside it "
+                                   "(or --tokenizer).")
     p.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors)")
     add_data_args(p, max_bytes=1_000_000)
+    p.add_argument("--tokenizer", help="tokenizer.json or a folder holding one (default: the "
+                                       "checkpoint's, else bytes)")
     p.add_argument("--seq-len", type=positive_int, default=256)
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--batches", type=positive_int, default=16, help="evaluation batches (default: 16)")
@@ -23,13 +26,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambakit.data import load_tokenizer
+    from mambakit.data.tokenizer import check_tokenizer_fits
     from mambakit.data.tokens import load_splits
     from mambakit.io.checkpoint import load_model
     from mambakit.train import evaluate
 
     model = load_model(args.checkpoint)
-    tokenizer = load_tokenizer(args.checkpoint)
+    tokenizer = resolve_tokenizer(args.tokenizer or args.checkpoint)
+    check_tokenizer_fits(tokenizer, model)
     with tempfile.TemporaryDirectory(prefix="mambakit-eval-") as cache:
         _, val = load_splits(tokenizer, args.data, cache, args.text_field, args.max_bytes)
         result = evaluate(model, val, args.seq_len, args.batch_size, args.batches, args.dtype)

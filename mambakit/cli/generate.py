@@ -11,8 +11,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate text from a checkpoint",
                        description="Prefill the prompt(s), then decode one token at a time. Several "
                                    "--prompt values run as one left-padded batch. The checkpoint's "
-                                   "tokenizer.json is used when it has one, bytes otherwise.")
+                                   "tokenizer.json is used when it has one, bytes otherwise; --tokenizer "
+                                   "overrides it.")
     p.add_argument("checkpoint", help="checkpoint directory (mambakit, transformers or mamba_ssm)")
+    p.add_argument("--tokenizer", help="tokenizer.json or a folder holding one (default: the "
+                                       "checkpoint's, else bytes)")
     p.add_argument("--prompt", action="append", help="prompt text; repeat to batch (default: 'def ')")
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
@@ -30,12 +33,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambakit.data.tokenizer import load_tokenizer
+    from mambakit.cli.train import resolve_tokenizer
+    from mambakit.data.tokenizer import check_tokenizer_fits
     from mambakit.generation import TextStream
     from mambakit.io.checkpoint import load_model
 
     model = load_model(args.checkpoint)
-    tok = load_tokenizer(args.checkpoint)
+    tok = resolve_tokenizer(args.tokenizer or args.checkpoint)
+    check_tokenizer_fits(tok, model)
     prompts = args.prompt or ["def "]
     stop = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]  # so "\n\n" can be typed
     text = TextStream(model, tok, prompts, max_new_tokens=args.max_new_tokens,

@@ -9,8 +9,9 @@ from mambakit.cli import demo, eval, generate, tokenizer, train
 from mambakit.cli import plot
 from mambakit.cli import convert
 from mambakit.cli import bench
+from mambakit.cli import synth
 
-VERBS = [demo, train, eval, tokenizer, generate, plot, convert, bench]
+VERBS = [demo, train, eval, tokenizer, generate, plot, convert, bench, synth]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,9 @@ def run_train(args: argparse.Namespace) -> int:
     from mambakit.data.bpe import train_bpe
     from mambakit.data.sources import iter_texts
 
-    texts = iter_texts(None if args.data is None else [args.data], args.text_field, args.max_bytes)
+    # Training documents only: a tokenizer fitted to the validation text would flatter its scores.
+    texts = iter_texts(None if args.data is None else [args.data], args.text_field, args.max_bytes,
+                       split="train")
     tok = train_bpe(texts, args.vocab_size)
     tok.save(args.out)
     if args.json:

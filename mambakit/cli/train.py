@@ -67,9 +67,7 @@ def build_model(args, vocab_size: int):
     if args.budget_params:
         from mambakit.models.budget import configs_for_budget
 
-        configs = configs_for_budget(args.budget_params, vocab_size=vocab_size)
-        if args.model not in configs:
-            raise ValueError(f"--budget-params sizes {sorted(configs)}, not {args.model!r}")
+        configs = configs_for_budget(args.budget_params, vocab_size=vocab_size, names=[args.model])
         return from_config(configs[args.model])
     overrides = {"vocab_size": vocab_size}
     if args.d_model:

@@ -5,7 +5,6 @@ out-of-vocabulary) and decoding maps them back, so decode(encode(text)) == text 
 """
 from __future__ import annotations
 
-import os
 from typing import Iterable
 
 from mambakit.data.tokenizer import HFTokenizer
@@ -30,10 +29,3 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
     tok.train_from_iterator(texts, trainer=trainer)
     return HFTokenizer(tok, eos_token=EOS_TOKEN)
 
-
-def train_bpe_from_files(paths: Iterable[str | os.PathLike], vocab_size: int,
-                         text_field: str = "text", max_bytes: int | None = None) -> HFTokenizer:
-    """Train on text files, folders or .jsonl files (see `mambakit.data.sources`)."""
-    from mambakit.data.sources import iter_texts
-
-    return train_bpe(iter_texts(paths, text_field=text_field, max_bytes=max_bytes), vocab_size)

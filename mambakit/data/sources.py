@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
-from mambakit.data.corpus import VAL_FRACTION_PER_MILLE, default_corpus_files, stdlib_root
+from mambakit.data.corpus import default_corpus_files, is_val_key, stdlib_root
 
 
 @dataclass
@@ -21,10 +20,6 @@ class Document:
     key: str
     text: str
     is_val: bool
-
-
-def is_val_key(key: str) -> bool:
-    return zlib.crc32(key.encode()) % 1000 < VAL_FRACTION_PER_MILLE
 
 
 def _files_under(path: Path) -> list[Path]:
@@ -105,5 +100,9 @@ def iter_documents(sources: Optional[Sequence[str | os.PathLike]] = None, text_f
 
 
 def iter_texts(sources: Optional[Sequence[str | os.PathLike]] = None, text_field: str = "text",
-               max_bytes: Optional[int] = None) -> Iterator[str]:
-    return (d.text for d in iter_documents(sources, text_field, max_bytes))
+               max_bytes: Optional[int] = None, split: Optional[str] = None) -> Iterator[str]:
+    """Texts of the documents of `sources` in `split` ("train", "val", or None for both)."""
+    if split not in (None, "train", "val"):
+        raise ValueError(f"split must be 'train', 'val' or None, got {split!r}")
+    return (d.text for d in iter_documents(sources, text_field, max_bytes)
+            if split is None or d.is_val == (split == "val"))

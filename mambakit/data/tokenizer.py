@@ -2,7 +2,8 @@
 
 `ByteTokenizer` (the default) needs nothing; `HFTokenizer` wraps a `tokenizers` tokenizer.json
 (BPE trained by us, or the one shipped beside a transformers checkpoint). `load_tokenizer(dir)`
-picks whichever a directory carries.
+picks whichever a directory carries; `check_tokenizer_fits` refuses a tokenizer whose ids do not
+match a model's vocabulary (a checkpoint without its tokenizer.json would otherwise get bytes).
 """
 from __future__ import annotations
 
@@ -74,6 +75,24 @@ def load_tokenizer(directory: str | os.PathLike | None = None):
         if path.is_file():
             return HFTokenizer.from_file(path)
     return ByteTokenizer()
+
+
+def check_tokenizer_fits(tokenizer, model) -> None:
+    """Raise ValueError unless `tokenizer` plausibly belongs to `model`.
+
+    Its ids must all be rows of the model, and the model must not be much larger: checkpoints pad
+    the vocabulary (mamba_ssm to a multiple of 8, transformers' 50280 for a 50277-token tokenizer),
+    so up to 1% more, rounded up to a multiple of 8, is allowed. Anything beyond that (say the byte
+    tokenizer, 257 ids, with a 50280-row model) would read text as the wrong ids and print garbage.
+    """
+    from mambakit.config import pad_to_multiple
+
+    have, want = tokenizer.vocab_size, model.vocab_size
+    if have <= want <= pad_to_multiple(have + have // 100, 8):
+        return
+    raise ValueError(f"the tokenizer ({tokenizer.kind}, {have} tokens) does not fit this model "
+                     f"(vocab_size {want}); pass --tokenizer PATH (a tokenizer.json, or a folder "
+                     f"holding one) with the tokenizer the model was trained with")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -69,14 +69,26 @@ class LanguageModel(nn.Module):
         if input_ids.dim() not in dims:
             shape = "(batch, seqlen)" if dims == (2,) else "(batch,)"
             raise ValueError(f"input_ids must be {shape}, got shape {tuple(input_ids.shape)}")
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.dtype not in (torch.int64, torch.int32):  # what nn.Embedding accepts
+            raise ValueError(f"input_ids must be an int64 or int32 tensor, got {input_ids.dtype}")
         if input_ids.numel():
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.vocab_size:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"token id {bad} is out of range for vocab_size {self.vocab_size} "
                                  f"(valid ids are 0..{self.vocab_size - 1})")
+
+    @staticmethod
+    def check_attention_mask(attention_mask: Optional[Tensor], input_ids: Tensor) -> Optional[Tensor]:
+        """Validate a (b, l) mask of 1 (token) and 0 (pad); returns it as bool (None passes)."""
+        if attention_mask is None:
+            return None
+        if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
+            raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {shape}")
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (pad) and 1 (token)")
+        return attention_mask.bool()
 
     def generate(self, input_ids: Tensor, max_new_tokens: int = 64, **sampling) -> Tensor:
         """Prefill with the parallel path, then decode one token at a time. Returns (b, l + new).

@@ -71,9 +71,7 @@ class MixerLM(LanguageModel):
         state is differentiable. `attention_mask` (b, l) marks left padding with 0.
         """
         self.check_input_ids(input_ids)
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(attention_mask.shape)}")
+        attention_mask = self.check_attention_mask(attention_mask, input_ids)
         h = self.backbone.embedding(input_ids)                          # (b, l, d_model)
         for i, layer in enumerate(self.backbone.layers):
             h = layer(h, None if cache is None else cache.layers[i], attention_mask, **mixer_kwargs)

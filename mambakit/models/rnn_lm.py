@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
-from mambakit.config import ConfigBase, pad_to_multiple
+from mambakit.config import ConfigBase
 from mambakit.models.base import LanguageModel
 from mambakit.modules.norm import make_norm
 from mambakit.modules.rnn import RecurrentStack, RNNState
@@ -51,10 +51,6 @@ class RNNConfig(ConfigBase):
             raise ValueError(f"{type(self).__name__}.dropout must be < 1, got {self.dropout}")
         self._require_float("norm_epsilon")
         self._require_bool("rms_norm", "tie_embeddings")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return pad_to_multiple(self.vocab_size, self.pad_vocab_size_multiple)
 
 
 @dataclass
@@ -110,12 +106,7 @@ class RNNLM(LanguageModel):
         leave the final one there (prefill). `attention_mask` (b, l), 0 on LEFT padding: pads leave
         the state untouched, even when continuing from a cache."""
         self.check_input_ids(input_ids)
-        mask = None
-        if attention_mask is not None:
-            if tuple(attention_mask.shape) != tuple(input_ids.shape):
-                raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            mask = attention_mask.bool()
+        mask = self.check_attention_mask(attention_mask, input_ids)
         h = self.backbone.embedding(input_ids)                              # (b, l, d_model)
         y, state = self.backbone.rnn(h, None if cache is None else cache.state, mask)
         if cache is not None:

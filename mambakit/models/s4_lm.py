@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mambakit.config import ConfigBase, pad_to_multiple
+from mambakit.config import ConfigBase
 from mambakit.models.mixer_lm import MixerLM
 from mambakit.modules.s4 import MODES, LTIMixer, S4DMixer, S4Mixer
 
@@ -48,10 +48,6 @@ class _LTIConfig(ConfigBase):
         if self.dt_min > self.dt_max:
             raise ValueError(f"{type(self).__name__}.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
         self._require_bool("rms_norm", "residual_in_fp32", "tie_embeddings")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return pad_to_multiple(self.vocab_size, self.pad_vocab_size_multiple)
 
 
 @dataclass

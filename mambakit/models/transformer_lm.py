@@ -94,10 +94,6 @@ class TransformerConfig(ConfigBase):
             return self.d_ff
         return 4 * self.d_model if self.mlp == "gelu" else pad_to_multiple(math.ceil(8 * self.d_model / 3), 8)
 
-    @property
-    def padded_vocab_size(self) -> int:
-        return pad_to_multiple(self.vocab_size, self.pad_vocab_size_multiple)
-
 
 @dataclass
 class TransformerCache:
@@ -190,15 +186,7 @@ class TransformerLM(LanguageModel):
         """input_ids (b, l) -> logits (b, l, padded_vocab). With `cache`, attend to the cached
         keys too and append this chunk's (prefill). `attention_mask` (b, l) is 0 on pads."""
         self.check_input_ids(input_ids)
-        mask = None
-        if attention_mask is not None:
-            if tuple(attention_mask.shape) != tuple(input_ids.shape):
-                raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-                raise ValueError("attention_mask must hold only 0 (pad) and 1 (token)")
-            mask = attention_mask.bool()
-        return self._run(input_ids, cache, mask)
+        return self._run(input_ids, cache, self.check_attention_mask(attention_mask, input_ids))
 
     def step(self, tokens: Tensor, cache: TransformerCache) -> Tensor:
         self.check_input_ids(tokens, dims=(1,))

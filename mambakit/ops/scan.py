@@ -37,25 +37,27 @@ def selective_scan_ref(
     return_last_state: bool = False, initial_state: Optional[Tensor] = None,
     reset: Optional[Tensor] = None,
 ):
-    """Sequential reference scan: one time step at a time, fp32 throughout. This is the spec.
+    """Sequential reference scan: one time step at a time, in fp32 (fp64 for fp64 inputs, so the
+    spec itself can be gradchecked). This is the spec.
 
     `reset` (b, l) bool marks where a new packed document starts: the state is zeroed before
     that step (h_{t-1} := 0), so documents packed in one row never see each other.
     """
     dtype_in = u.dtype
-    u, delta = u.float(), delta.float()
+    dt = torch.promote_types(u.dtype, torch.float32)                  # compute dtype
+    u, delta = u.to(dt), delta.to(dt)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + delta_bias.to(dt)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     b, d, l = u.shape
-    B = _expand_groups(B.float(), d)                                  # (b, d, n, l)
-    C = _expand_groups(C.float(), d)                                  # (b, d, n, l)
-    A = A.float()
-    h = (torch.zeros(b, d, A.shape[1], device=u.device) if initial_state is None
-         else initial_state.float())                                  # (b, d, n)
+    B = _expand_groups(B.to(dt), d)                                   # (b, d, n, l)
+    C = _expand_groups(C.to(dt), d)                                   # (b, d, n, l)
+    A = A.to(dt)
+    h = (torch.zeros(b, d, A.shape[1], device=u.device, dtype=dt) if initial_state is None
+         else initial_state.to(dt))                                   # (b, d, n)
     ys = []
-    keep = None if reset is None else (~reset.bool()).float()          # (b, l)
+    keep = None if reset is None else (~reset.bool()).to(dt)          # (b, l)
     for t in range(l):
         if keep is not None:
             h = h * keep[:, t, None, None]
@@ -65,9 +67,9 @@ def selective_scan_ref(
         ys.append((h * C[..., t]).sum(-1))                            # (b, d)
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(b, d, 0)       # (b, d, l)
     if D is not None:
-        y = y + D.float()[:, None] * u
+        y = y + D.to(dt)[:, None] * u
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(dt))
     y = y.to(dtype_in)
     return (y, h) if return_last_state else y
 

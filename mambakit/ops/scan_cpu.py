@@ -82,10 +82,16 @@ def _build(cxx: str) -> Path:
         if proc.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-500:]}")
 
-    from mambakit.io.atomic import atomic_write
-
+    # Compile beside the target, then rename: concurrent processes never load half a file.
+    # (Inline rather than mambakit.io.atomic: ops/ sits below io/ and imports nothing from it.)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     start = time.perf_counter()
-    atomic_write(target, compile_to)
+    try:
+        compile_to(str(tmp))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     _state["compile_seconds"] = time.perf_counter() - start
     return target
 

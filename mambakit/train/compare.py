@@ -61,17 +61,12 @@ class ModelReport:
     history: list[dict] = field(default_factory=list)
 
 
-
 def equal_size_configs(names: tuple[str, ...], budget_params: int, vocab_size: int) -> dict:
     """Configs of about `budget_params` parameters for each of `names` (the registry's sizing)."""
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(REGISTRY)}")
-    configs = configs_for_budget(budget_params, vocab_size=vocab_size)
-    missing = [n for n in names if n not in configs]
-    if missing:
-        raise ValueError(f"no equal-size config for {missing}; sized: {sorted(configs)}")
-    return {n: configs[n] for n in names}
+    return configs_for_budget(budget_params, vocab_size=vocab_size, names=names)
 
 
 def compare(cfg: CompareConfig, out_dir: str | Path = "runs/demo",

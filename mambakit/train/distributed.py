@@ -72,10 +72,6 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def no_sync(model: nn.Module, skip: bool):
     """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
     return model.no_sync() if skip and hasattr(model, "no_sync") else contextlib.nullcontext()

@@ -35,3 +35,14 @@ def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path):
     assert "error:" in r.stderr and "Traceback" not in r.stderr
     r = mambakit("train", "--steps", "0", "--out", str(tmp_path))
     assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_budget_sizes_only_the_requested_family_and_plot_kernel_refuses_non_ssm(tmp_path):
+    out = tmp_path / "gru"
+    # Mamba can't be sized to 30k parameters; asking for a GRU must not try to.
+    r = mambakit("train", "--model", "gru", "--budget-params", "30000", "--steps", "1", "--seq-len", "16",
+                 "--batch-size", "1", "--max-bytes", "100000", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = mambakit("plot", "kernel", "--checkpoint", str(out), "--out", str(tmp_path / "png"))
+    assert r.returncode == 2 and "kernels exist only for LTI models" in r.stderr
+    assert "Traceback" not in r.stderr

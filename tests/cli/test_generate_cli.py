@@ -66,3 +66,20 @@ def test_convert_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "not a checkpoint directory" in r.stderr and "Traceback" not in r.stderr
     r = mambakit("convert", "a", "b", "--to", "onnx")
     assert r.returncode != 0 and "invalid choice" in r.stderr
+
+
+def test_a_checkpoint_without_its_tokenizer_is_refused_until_given_one(tmp_path):
+    tok = train_bpe(["hello world, hello there"] * 20, vocab_size=280)
+    assert tok.vocab_size > 264                          # too many ids for the byte fallback
+    tiny_mamba(vocab_size=tok.vocab_size).save_pretrained(tmp_path / "ck")  # no tokenizer.json
+    tok.save(tmp_path / "tok")
+    for args in (["generate", str(tmp_path / "ck")], ["eval", str(tmp_path / "ck"), "--max-bytes", "1000"]):
+        r = mambakit(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "--tokenizer PATH" in r.stderr.strip().splitlines()[-1]
+    r = mambakit("generate", str(tmp_path / "ck"), "--tokenizer", str(tmp_path / "tok"), "--prompt", "hello",
+                 "--max-new-tokens", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["tokenizer"] == "tokenizer.json"
+    assert out["results"][0]["tokens"][:len(tok.encode("hello"))] == tok.encode("hello")

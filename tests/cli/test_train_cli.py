@@ -75,3 +75,17 @@ def test_bad_paths_and_options_fail_in_one_line(tmp_path):
         assert r.returncode != 0, args
         assert "Traceback" not in r.stderr, (args, r.stderr)
         assert "error:" in r.stderr.strip().splitlines()[-1], (args, r.stderr)   # after argparse usage
+
+
+def test_bpe_learns_from_training_documents_only(tmp_path):
+    from mambakit.data.corpus import is_val_key
+
+    val_line = next(n for n in range(1, 200) if is_val_key(f"docs.jsonl:{n}"))
+    lines = [{"body": "zyxwvu " * 200 if n == val_line else f"def f{n}(x):\n    return x\n"}
+             for n in range(1, val_line + 5)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    r = mambakit("tokenizer", "train", "--data", str(tmp_path / "docs.jsonl"), "--text-field", "body",
+                 "--vocab-size", "300", "--out", str(tmp_path / "tok"))
+    assert r.returncode == 0, r.stderr
+    vocab = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert "def" in "".join(vocab) and not any("zyx" in t for t in vocab)

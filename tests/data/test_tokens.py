@@ -93,3 +93,21 @@ def test_bpe_trains_saves_loads_and_round_trips(tmp_path):
 def test_bpe_rejects_a_vocab_smaller_than_the_byte_alphabet():
     with pytest.raises(ValueError, match="vocab_size must be"):
         train_bpe(TEXTS, vocab_size=100)
+
+
+def test_check_tokenizer_fits_allows_vocab_padding_only():
+    from types import SimpleNamespace
+
+    from mambakit.data.tokenizer import check_tokenizer_fits
+
+    model = lambda v: SimpleNamespace(vocab_size=v)
+    for v in (257, 264):
+        check_tokenizer_fits(ByteTokenizer(), model(v))
+    for v in (256, 265, 50280):
+        with pytest.raises(ValueError, match=r"bytes, 257 tokens.*vocab_size %d.*--tokenizer PATH" % v):
+            check_tokenizer_fits(ByteTokenizer(), model(v))
+    neox = SimpleNamespace(vocab_size=50277, kind="tokenizer.json")  # mamba-130m's, 50280 rows in HF
+    check_tokenizer_fits(neox, model(50280))
+    check_tokenizer_fits(neox, model(50304))
+    with pytest.raises(ValueError, match="50277 tokens"):
+        check_tokenizer_fits(neox, model(50276))

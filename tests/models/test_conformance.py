@@ -82,8 +82,12 @@ def test_bad_token_ids_are_rejected(name):
             model.generate(bad, max_new_tokens=2)
     with pytest.raises(ValueError, match="out of range"):
         model.step(torch.tensor([VOCAB]), model.allocate_cache(1))
-    with pytest.raises(ValueError, match="integer tensor"):
+    with pytest.raises(ValueError, match="int64 or int32 tensor"):
         model(torch.ones(1, 3))
+    with pytest.raises(ValueError, match="int64 or int32 tensor, got torch.uint8"):
+        model(torch.ones(1, 3, dtype=torch.uint8))   # nn.Embedding would crash inside forward
+    with pytest.raises(ValueError, match="only 0 \\(pad\\) and 1"):
+        model(torch.ones(1, 3, dtype=torch.long), attention_mask=torch.tensor([[0.5, 1, 1]]))
 
 
 def test_padded_batch_generation_equals_one_by_one(name):

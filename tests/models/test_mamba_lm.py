@@ -66,7 +66,7 @@ def test_wrong_input_shape_or_dtype():
     model = tiny_mamba()
     with pytest.raises(ValueError, match=r"\(batch, seqlen\)"):
         model(torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="integer tensor"):
+    with pytest.raises(ValueError, match="int64 or int32 tensor"):
         model(torch.ones(1, 3))
 
 

@@ -83,7 +83,7 @@ def test_bad_masks_are_rejected(model):
         model(ids, attention_mask=torch.tensor([[1, 1, 0]]))
     with pytest.raises(ValueError, match="no tokens"):
         model(torch.tensor([[1, 2], [3, 4]]), attention_mask=torch.tensor([[1, 1], [0, 0]]))
-    with pytest.raises(ValueError, match="must match input_ids"):
+    with pytest.raises(ValueError, match="must have input_ids' shape"):
         model(ids, attention_mask=torch.tensor([[1, 1]]))
 
 

@@ -106,3 +106,19 @@ def test_bad_inputs_raise_clear_errors(change, match):
 def test_unknown_backend_lists_choices():
     with pytest.raises(ValueError, match=r"unknown selective_scan backend 'cuda-magic'.*'ref'"):
         selective_scan(**random_inputs(), backend="cuda-magic")
+
+
+def test_reference_gradcheck_in_float64():
+    """The spec computes in fp64 for fp64 inputs, so its gradients check against finite differences
+    (output and final state, through every input, with an initial state and a reset)."""
+    x = {k: v.double().requires_grad_() for k, v in random_inputs(b=1, d=2, l=4, n=2).items()}
+    h0 = torch.randn(1, 2, 2, dtype=torch.float64, requires_grad=True)
+    reset = torch.tensor([[False, False, True, False]])
+
+    out, last = selective_scan_ref(**x, delta_softplus=True, return_last_state=True, initial_state=h0)
+    assert out.dtype == last.dtype == torch.float64
+    names = list(x)
+    assert torch.autograd.gradcheck(
+        lambda *a: selective_scan_ref(**dict(zip(names, a[:-1])), delta_softplus=True,
+                                      return_last_state=True, initial_state=a[-1], reset=reset),
+        (*x.values(), h0))

@@ -1,0 +1,40 @@
+"""`mambakit synth` driven as a user would: a subprocess."""
+import json
+
+from tests.cli.test_cli import mambakit
+
+
+def test_synth_json_and_out(tmp_path):
+    r = mambakit("synth", "induction-heads", "--model", "mamba", "--d-model", "16", "--n-layer", "1",
+                 "--vocab-size", "6", "--seq-len", "16", "--steps", "3", "--batch-size", "4",
+                 "--eval-lengths", "32", "48", "--eval-samples", "8", "--device", "cpu",
+                 "--out", str(tmp_path), "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["task"] == "induction-heads" and result["model"] == "mamba" and result["parameters"] > 0
+    assert result["config"]["steps"] == 3 and result["chance"] == 0.2
+    assert [e["seq_len"] for e in result["eval"]] == [16, 32, 48]
+    assert all(e["applicable"] and 0 <= e["token_accuracy"] <= 1 for e in result["eval"])
+    written = json.loads((tmp_path / "induction-heads-mamba.json").read_text())
+    assert written["eval"] == result["eval"] and result["written"].endswith("induction-heads-mamba.json")
+
+
+def test_synth_table_marks_learned_positions_past_their_end():
+    r = mambakit("synth", "selective-copying", "--model", "transformer", "--model-field", "positions=learned",
+                 "--model-field", "max_seq_len=20", "--d-model", "16", "--n-layer", "1", "--vocab-size", "6",
+                 "--num-tokens", "2", "--seq-len", "10", "--steps", "2", "--batch-size", "2",
+                 "--eval-samples", "4", "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    header, row = r.stdout.splitlines()[1:3]
+    assert header.split()[:4] == ["model", "params", "final", "loss"] and "acc@10 (train)" in header
+    assert row.split()[0] == "transformer" and row.split()[-1] == "n/a"      # acc@40 > max_seq_len 20
+    assert "length 40: not applicable" in r.stdout
+
+
+def test_synth_bad_input_is_one_line():
+    for args in (["copying"], ["selective-copying", "--seq-len", "8", "--num-tokens", "16"],
+                 ["induction-heads", "--model-field", "d_state"]):
+        r = mambakit("synth", *args, "--steps", "1")
+        assert r.returncode != 0
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("mambakit synth: error:")

@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("convert", help="convert a checkpoint between mambakit, transformers and mamba_ssm",
                        description="Load SRC (its format is detected from config.json) and write it to "
-                                   "DST in --to format; tokenizer files are copied along.")
+                                   "DST in --to format; tokenizer files are copied along. DST must be a "
+                                   "new or empty folder (one holding a checkpoint is refused).")
     p.add_argument("src", help="checkpoint directory to read")
     p.add_argument("dst", help="directory to write")
     p.add_argument("--to", dest="format", choices=FORMATS, required=True, help="format to write")

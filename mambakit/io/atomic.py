@@ -16,9 +16,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        default_permissions(tmp, 0o666)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -27,6 +25,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def default_permissions(path: str | os.PathLike, base: int) -> None:
+    """chmod `path` to `base` less the umask, what open() (0o666) or mkdir() (0o777) would give:
+    mkstemp and mkdtemp make private 0600 files and 0700 folders."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, base & ~umask)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

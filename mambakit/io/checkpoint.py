@@ -26,7 +26,8 @@ from mambakit.io.files import (
 FORMATS = ("mambakit", "transformers", "mamba_ssm")
 
 __all__ = ["FORMATS", "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "detect_format", "load_model",
-           "save_model", "convert", "load_state_into", "tied_aliases", "read_config", "read_safetensors"]
+           "save_model", "save_state", "convert", "load_state_into", "tied_aliases", "read_config",
+           "read_safetensors"]
 
 
 def detect_format(config: dict) -> str:
@@ -53,21 +54,28 @@ def save_model(model, directory: str | os.PathLike, format: str = "mambakit") ->
     if format != "mambakit":
         _format_module(format).save(model, directory)
         return
-    state = export_state(model)
-    atomic_write(directory / WEIGHTS_NAME,
-                 lambda tmp: save_file(state, tmp, metadata={"format": "pt", "library": "mambakit"}))
-    model.config.save(directory / CONFIG_NAME)
+    save_state(directory, model.config, export_state(model))
 
 
-def write_checkpoint(directory: Path, config: dict, write_weights) -> None:
+def save_state(directory: Path, config, state: dict[str, torch.Tensor]) -> None:
+    """A mambakit checkpoint directory: `state` as model.safetensors, `config` as config.json."""
+    metadata = {"format": "pt", "library": "mambakit"}
+    write_model_dir(directory, config.to_dict(), lambda d: atomic_write(
+        d / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata)))
+
+
+def write_model_dir(directory: Path, config: dict, write_weights) -> None:
     """Weights via `write_weights(directory)`, then config.json (last: it marks the dir complete)."""
     write_weights(directory)
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
 
-def export_state(model, keep_tied: bool = False) -> dict[str, torch.Tensor]:
+def export_state(model, keep_tied: bool = False, state: dict | None = None) -> dict[str, torch.Tensor]:
+    """`state` (default: the model's own state dict) as it is saved: detached, contiguous, and
+    without the aliases of tied weights unless `keep_tied`."""
     aliases = set() if keep_tied else tied_aliases(model)
-    return {k: t.detach().contiguous() for k, t in model.state_dict().items() if k not in aliases}
+    state = model.state_dict() if state is None else state
+    return {k: t.detach().contiguous() for k, t in state.items() if k not in aliases}
 
 
 def tied_aliases(model) -> set[str]:
@@ -138,9 +146,15 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, format: str) -> str:
     """Re-save the checkpoint at `src` in `format` under `dst`, tokenizer files included.
-    Returns the format `src` was detected as."""
+    Returns the format `src` was detected as. `dst` must not hold a checkpoint already: weights
+    left there in another format would be found before the new ones when it is loaded."""
     if Path(src).resolve() == Path(dst).resolve():
         raise ValueError("convert: source and destination are the same directory")
+    held = sorted(p.name for p in Path(dst).glob("*") if p.name == CONFIG_NAME
+                  or p.name.endswith((".safetensors", ".bin", ".index.json")))
+    if held:
+        raise CheckpointError(f"convert: {dst} already holds a checkpoint ({', '.join(held)}); "
+                              f"write to a new or empty folder")
     source_format = detect_format(read_config(src))
     model = load_model(src)
     save_model(model, dst, format=format)

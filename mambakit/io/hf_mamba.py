@@ -6,7 +6,9 @@ Facts from transformers' models/mamba (configuration_mamba.py, modeling_mamba.py
   use_conv_bias, use_bias, layer_norm_epsilon (every RMSNorm, default 1e-5), residual_in_fp32,
   tie_word_embeddings, vocab_size, hidden_act ("silu").
 - The embedding has exactly `vocab_size` rows: transformers does not pad the vocabulary, so
-  we load with pad_vocab_size_multiple=1 and export our padded size as its vocab_size.
+  we export our padded size as its vocab_size, and the true one as "mambakit_vocab_size" (an
+  extra key transformers keeps and ignores) so the padding ids stay out of range after a round
+  trip. Without that key every row is a token (pad_vocab_size_multiple=1).
 - Norms are always RMSNorm; the only key that differs from ours is backbone.embeddings
   (ours, like mamba_ssm: backbone.embedding). A tied lm_head is not stored.
 """
@@ -18,7 +20,7 @@ from safetensors.torch import save_file
 
 from mambakit.config import MambaConfig
 from mambakit.io.atomic import atomic_write
-from mambakit.io.checkpoint import export_state, write_checkpoint
+from mambakit.io.checkpoint import export_state, write_model_dir
 from mambakit.io.files import WEIGHTS_NAME, CheckpointError
 
 # (theirs, ours) key prefixes
@@ -30,7 +32,10 @@ DEFAULTS = dict(vocab_size=50280, hidden_size=768, state_size=16, num_hidden_lay
                 hidden_act="silu", residual_in_fp32=True, time_step_rank="auto", time_step_scale=1.0,
                 time_step_min=0.001, time_step_max=0.1, time_step_floor=1e-4, tie_word_embeddings=True)
 
-# their field -> our MambaConfig field
+# the vocabulary without padding rows, which transformers' vocab_size counts
+TRUE_VOCAB_KEY = "mambakit_vocab_size"
+
+# their field -> our MambaConfig field (vocab_size is read apart: see TRUE_VOCAB_KEY)
 FIELDS = dict(hidden_size="d_model", num_hidden_layers="n_layer", vocab_size="vocab_size",
               state_size="d_state", conv_kernel="d_conv", expand="expand", time_step_rank="dt_rank",
               time_step_min="dt_min", time_step_max="dt_max", time_step_floor="dt_init_floor",
@@ -51,9 +56,16 @@ def config_from_dict(data: dict, source: str | Path = "config.json") -> MambaCon
     if "intermediate_size" in data and data["intermediate_size"] != data["expand"] * data["hidden_size"]:
         raise CheckpointError(f"{source}: intermediate_size {data['intermediate_size']} != expand * "
                               f"hidden_size ({data['expand']} * {data['hidden_size']})")
+    rows = data["vocab_size"]
+    vocab_size = data.get(TRUE_VOCAB_KEY, rows)
+    if not (type(vocab_size) is int and type(rows) is int and 0 < vocab_size <= rows):
+        raise CheckpointError(f"{source}: {TRUE_VOCAB_KEY} {vocab_size!r} must be an int in "
+                              f"1..vocab_size ({rows!r})")
     try:
-        return MambaConfig(**{ours: data[theirs] for theirs, ours in FIELDS.items()},
-                           rms_norm=True, pad_vocab_size_multiple=1)
+        # padding to a multiple of `rows` rounds any 0 < vocab_size <= rows up to exactly `rows`
+        return MambaConfig(**{**{ours: data[theirs] for theirs, ours in FIELDS.items()},
+                              "vocab_size": vocab_size}, rms_norm=True,
+                           pad_vocab_size_multiple=1 if vocab_size == rows else rows)
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from None
 
@@ -65,7 +77,8 @@ def config_to_dict(cfg: MambaConfig) -> dict:
     ours = {**cfg.to_dict(), "vocab_size": cfg.padded_vocab_size, "dt_rank": cfg.resolved_dt_rank}
     return {"architectures": ["MambaForCausalLM"], "model_type": "mamba",
             **{theirs: ours[field] for theirs, field in FIELDS.items()},
-            "intermediate_size": cfg.d_inner, "hidden_act": "silu", "time_step_init_scheme": "random"}
+            TRUE_VOCAB_KEY: cfg.vocab_size, "intermediate_size": cfg.d_inner, "hidden_act": "silu",
+            "time_step_init_scheme": "random"}
 
 
 def _rename(key: str, src: int) -> str:
@@ -89,5 +102,5 @@ def save(model, directory: Path) -> None:
         raise ValueError(f"only Mamba models export to transformers, not {type(model).__name__}")
     config = config_to_dict(model.config)
     state = state_from_ours(export_state(model))
-    write_checkpoint(directory, config, lambda d: atomic_write(
+    write_model_dir(directory, config, lambda d: atomic_write(
         d / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"})))

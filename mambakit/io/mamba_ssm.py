@@ -20,7 +20,7 @@ import torch
 
 from mambakit.config import MambaConfig
 from mambakit.io.atomic import atomic_write
-from mambakit.io.checkpoint import export_state, write_checkpoint
+from mambakit.io.checkpoint import export_state, write_model_dir
 from mambakit.io.files import BIN_NAME, CheckpointError
 
 TOP_FIELDS = ("d_model", "n_layer", "vocab_size", "rms_norm", "residual_in_fp32",
@@ -74,5 +74,5 @@ def save(model, directory: Path) -> None:
     if not isinstance(model.config, MambaConfig):
         raise ValueError(f"only Mamba models export to mamba_ssm, not {type(model).__name__}")
     state = export_state(model, keep_tied=True)  # mamba_ssm's state_dict keeps lm_head.weight
-    write_checkpoint(directory, config_to_dict(model.config),
+    write_model_dir(directory, config_to_dict(model.config),
                      lambda d: atomic_write(d / BIN_NAME, lambda tmp: torch.save(state, tmp)))

@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 from safetensors.torch import save_file
 
-from mambakit.io.atomic import atomic_write, atomic_write_text
-from mambakit.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_safetensors, tied_aliases
+from mambakit.io.atomic import atomic_write, atomic_write_text, default_permissions
+from mambakit.io.checkpoint import WEIGHTS_NAME, CheckpointError, export_state, read_safetensors, save_state
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"
@@ -36,15 +36,6 @@ def gather_state(model, optimizer) -> tuple[dict, dict]:
 
     return get_state_dict(model, optimizer,
                           options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def write_weights(directory: Path, model_state: dict, core) -> None:
-    """config.json + model.safetensors for `core` (the unwrapped model), tied aliases dropped."""
-    aliases = tied_aliases(core)
-    state = {k: t.detach().contiguous() for k, t in model_state.items() if k not in aliases}
-    atomic_write(directory / WEIGHTS_NAME,
-                 lambda tmp: save_file(state, tmp, metadata={"format": "pt", "library": "mambakit"}))
-    core.config.save(directory / CONFIG_NAME)
 
 
 def _flatten_optimizer(optim_state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -72,11 +63,9 @@ def write_checkpoint(root: str | os.PathLike, step: int, model_state: dict, opti
     final = root / f"{PREFIX}{step:08d}"
     if not (final / STATE_NAME).is_file():
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the checkpoint is a normal folder
+        default_permissions(tmp, 0o777)  # the checkpoint is a normal folder
         try:
-            write_weights(tmp, model_state, core)
+            save_state(tmp, core.config, export_state(core, state=model_state))
             tensors, groups = _flatten_optimizer(optim_state)
             tensors["rng/torch"] = torch.get_rng_state()
             atomic_write(tmp / OPTIMIZER_NAME, lambda p: save_file(tensors, p))
@@ -94,6 +83,14 @@ def write_checkpoint(root: str | os.PathLike, step: int, model_state: dict, opti
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _require(source: Path, found: dict, kinds: dict[str, type]) -> None:
+    """CheckpointError naming every key of `kinds` that `found` lacks or holds with another type."""
+    bad = [f"{k!r} is missing" if k not in found else f"{k!r} is not a {t.__name__}"
+           for k, t in kinds.items() if type(found.get(k)) is bool or not isinstance(found.get(k), t)]
+    if bad:
+        raise CheckpointError(f"{source}: corrupt checkpoint ({'; '.join(bad)})")
 
 
 def latest_checkpoint(root: str | os.PathLike) -> Optional[Path]:
@@ -118,11 +115,15 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, core) -> dict:
         trainer_state = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable {STATE_NAME} ({e})") from None
+    if not isinstance(trainer_state, dict):
+        raise CheckpointError(f"{path / STATE_NAME}: expected a JSON object")
+    _require(path / STATE_NAME, trainer_state, {"step": int, "param_groups": list})
     model_state = read_safetensors(path / WEIGHTS_NAME)
     for alias, source in type(core).tied_weights.items():
         if source in model_state and getattr(core.config, "tie_embeddings", False):
             model_state[alias] = model_state[source]
     tensors = read_safetensors(path / OPTIMIZER_NAME)
+    _require(path / OPTIMIZER_NAME, tensors, {"rng/torch": torch.Tensor})
     optim_state = _unflatten_optimizer(tensors, trainer_state["param_groups"])
     try:
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,

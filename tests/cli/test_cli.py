@@ -12,7 +12,7 @@ def mambakit(*args, timeout=300):
 def test_help_lists_verbs():
     r = mambakit("--help")
     assert r.returncode == 0
-    for verb in ("demo", "train", "generate"):
+    for verb in ("demo", "train", "eval", "generate", "bench", "synth", "convert", "plot", "tokenizer"):
         assert verb in r.stdout
 
 

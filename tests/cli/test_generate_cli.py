@@ -83,3 +83,17 @@ def test_a_checkpoint_without_its_tokenizer_is_refused_until_given_one(tmp_path)
     out = json.loads(r.stdout)
     assert out["tokenizer"] == "tokenizer.json"
     assert out["results"][0]["tokens"][:len(tok.encode("hello"))] == tok.encode("hello")
+
+
+def test_convert_refuses_a_destination_holding_a_checkpoint(tmp_path):
+    tiny_mamba().save_pretrained(tmp_path / "ck")
+    tiny_mamba(vocab_size=60).save_pretrained(tmp_path / "old", format="transformers")  # model.safetensors
+    r = mambakit("convert", str(tmp_path / "ck"), str(tmp_path / "old"), "--to", "mamba_ssm")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "already holds a checkpoint (config.json, model.safetensors)" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "old" / "pytorch_model.bin").exists()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "README.md").write_text("notes")    # other files are no obstacle
+    r = mambakit("convert", str(tmp_path / "ck"), str(tmp_path / "new"), "--to", "mamba_ssm")
+    assert r.returncode == 0, r.stderr
+    assert load_model(tmp_path / "new").config.vocab_size == 50

@@ -89,3 +89,25 @@ def test_bpe_learns_from_training_documents_only(tmp_path):
     assert r.returncode == 0, r.stderr
     vocab = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["vocab"]
     assert "def" in "".join(vocab) and not any("zyx" in t for t in vocab)
+
+
+def test_resume_from_a_corrupt_checkpoint_fails_in_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    r = mambakit("train", "--steps", "2", "--max-bytes", "50000", "--out", str(run), *TINY)
+    assert r.returncode == 0, r.stderr
+    step = run / "checkpoints" / "step-00000002"
+    state_file, optim_file = step / "trainer_state.json", step / "optimizer.safetensors"
+    good_state = json.loads(state_file.read_text())
+    resume = ("train", "--steps", "3", "--max-bytes", "50000", "--out", str(run), "--resume", *TINY)
+    tensors = load_file(optim_file)
+    del tensors["rng/torch"]
+    save_file(tensors, optim_file)
+    state_file.write_text(json.dumps({k: v for k, v in good_state.items() if k != "param_groups"}))
+    for corrupt in ("'param_groups' is missing", "'rng/torch' is missing"):
+        r = mambakit(*resume)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert "error:" in last and "corrupt checkpoint" in last and corrupt in last, last
+        state_file.write_text(json.dumps(good_state))

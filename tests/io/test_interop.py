@@ -176,3 +176,23 @@ def test_convert_copies_tokenizer_and_rejects_unknown_format(tmp_path):
     assert (tmp_path / "hf" / "tokenizer.json").read_text() == "{}"
     with pytest.raises(ValueError, match="unknown checkpoint format"):
         model.save_pretrained(tmp_path / "x", format="onnx")
+
+
+def test_transformers_round_trip_keeps_the_true_vocab_size(tmp_path):
+    model = tiny_mamba(vocab_size=257)                # 264 embedding rows
+    model.save_pretrained(tmp_path / "hf", format="transformers")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["vocab_size"] == 264 and config["mambakit_vocab_size"] == 257
+    assert transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf").config.vocab_size == 264
+    back = MambaLM.from_pretrained(tmp_path / "hf")
+    assert back.config.vocab_size == 257 and back.config.padded_vocab_size == 264
+    with pytest.raises(ValueError, match="out of range for vocab_size 257"):
+        back(torch.tensor([[260]]))                   # a padding id is no token
+    ids = torch.randint(0, 257, (1, 6))
+    torch.testing.assert_close(logits_of(back, ids), logits_of(model, ids), atol=1e-5, rtol=0)
+    back.save_pretrained(tmp_path / "again", format="transformers")
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == config
+    bad = {**config, "mambakit_vocab_size": 300}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="mambakit_vocab_size 300"):
+        MambaLM.from_pretrained(tmp_path / "hf")

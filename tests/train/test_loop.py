@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mambakit.data import ByteTokenizer, TokenDataset, token_byte_lengths
+from mambakit.io import checkpoint as io_checkpoint
 from mambakit.io.checkpoint import load_model
 from mambakit.train import TrainConfig, TrainingInterrupted, train
 from mambakit.train import checkpoint as ckpt
@@ -82,7 +83,8 @@ def test_checkpoint_failing_mid_write_leaves_the_previous_one(tmp_path, monkeypa
                 f.write(b"partial")
             raise OSError(28, "No space left on device")
         return real_save(tensors, path, *args, **kwargs)
-    monkeypatch.setattr(ckpt, "save_file", failing_save)
+    monkeypatch.setattr(ckpt, "save_file", failing_save)              # optimizer state
+    monkeypatch.setattr(io_checkpoint, "save_file", failing_save)     # model weights
     with pytest.raises(OSError, match="No space left"):
         train(model(), data, data, config(ckpt_every=2), out_dir=tmp_path)
     root = tmp_path / "checkpoints"
@@ -91,6 +93,7 @@ def test_checkpoint_failing_mid_write_leaves_the_previous_one(tmp_path, monkeypa
     assert good.name == "step-00000002"
     assert torch.isfinite(torch.cat([p.flatten() for p in load_model(good).parameters()])).all()
     monkeypatch.setattr(ckpt, "save_file", real_save)
+    monkeypatch.setattr(io_checkpoint, "save_file", real_save)
     result = train(model(), data, data, config(ckpt_every=2), out_dir=tmp_path, resume=True)
     assert result.resumed_from == 2 and result.steps == 6
 

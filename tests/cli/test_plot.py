@@ -1,18 +1,12 @@
 """`mambakit plot`: PNGs written from the command line, kernels of a saved S4D model, clear errors."""
 import json
-import subprocess
-import sys
 
 import pytest
 
 from mambakit.models import build
+from tests.cli.test_cli import mambakit
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def mambakit(*args):
-    return subprocess.run([sys.executable, "-m", "mambakit.cli.main", *args], capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_plot_all_writes_pngs(tmp_path):

@@ -26,7 +26,7 @@ from mambakit.io.files import (
 FORMATS = ("mambakit", "transformers", "mamba_ssm")
 
 __all__ = ["FORMATS", "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "detect_format", "load_model",
-           "save_model", "save_state", "convert", "load_state_into", "tied_aliases", "read_config",
+           "save_model", "save_weights_dir", "convert", "load_state_into", "tied_aliases", "read_config",
            "read_safetensors"]
 
 
@@ -54,10 +54,10 @@ def save_model(model, directory: str | os.PathLike, format: str = "mambakit") ->
     if format != "mambakit":
         _format_module(format).save(model, directory)
         return
-    save_state(directory, model.config, export_state(model))
+    save_weights_dir(directory, model.config, export_state(model))
 
 
-def save_state(directory: Path, config, state: dict[str, torch.Tensor]) -> None:
+def save_weights_dir(directory: Path, config, state: dict[str, torch.Tensor]) -> None:
     """A mambakit checkpoint directory: `state` as model.safetensors, `config` as config.json."""
     metadata = {"format": "pt", "library": "mambakit"}
     write_model_dir(directory, config.to_dict(), lambda d: atomic_write(

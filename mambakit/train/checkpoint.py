@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from mambakit.io.atomic import atomic_write, atomic_write_text, default_permissions
-from mambakit.io.checkpoint import WEIGHTS_NAME, CheckpointError, export_state, read_safetensors, save_state
+from mambakit.io.checkpoint import WEIGHTS_NAME, CheckpointError, export_state, read_safetensors, save_weights_dir
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"
@@ -65,7 +65,7 @@ def write_checkpoint(root: str | os.PathLike, step: int, model_state: dict, opti
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
         default_permissions(tmp, 0o777)  # the checkpoint is a normal folder
         try:
-            save_state(tmp, core.config, export_state(core, state=model_state))
+            save_weights_dir(tmp, core.config, export_state(core, state=model_state))
             tensors, groups = _flatten_optimizer(optim_state)
             tensors["rng/torch"] = torch.get_rng_state()
             atomic_write(tmp / OPTIMIZER_NAME, lambda p: save_file(tensors, p))

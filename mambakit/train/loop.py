@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from mambakit.data.packing import Batch, train_batch
 from mambakit.data.tokens import TokenDataset
-from mambakit.io.checkpoint import export_state, save_state
+from mambakit.io.checkpoint import export_state, save_weights_dir
 from mambakit.train import checkpoint as ckpt
 from mambakit.train.distributed import (DistContext, all_reduce_mean, any_rank, init_distributed,
                                         no_sync, shutdown, wrap_model)
@@ -266,7 +266,7 @@ def _train(core, train_data, val_data, cfg, ctx, out_dir, resume, tokenizer, on_
     if out is not None:
         model_state, _ = ckpt.gather_state(state_owner, opt) if ctx.fsdp else (core.state_dict(), None)
         if ctx.is_main:
-            save_state(out, core.config, export_state(core, state=model_state))
+            save_weights_dir(out, core.config, export_state(core, state=model_state))
             if tokenizer is not None:
                 tokenizer.save(out)
     return result

@@ -160,15 +160,52 @@ def worker(spec: str) -> None:
     print(json.dumps(result))
 
 
+def plot(results: dict, path: Path) -> None:
+    """Three panels: prefill tokens/s, decode ms/token per context, training-step seconds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.8))
+    FigureCanvasAgg(fig)
+    ax, bx, cx = fig.subplots(1, 3)
+    colors = {"mambakit": "tab:blue", "transformers": "tab:purple", "mambapy": "tab:red"}
+
+    def bars(axis, data: dict, key: str, title: str):
+        names = [n for n in data if key in data[n]]
+        axis.bar(names, [data[n][key] for n in names], color=[colors.get(n, "gray") for n in names])
+        for i, n in enumerate(names):
+            axis.annotate(f"{data[n][key]:.3g}", (i, data[n][key]), ha="center", va="bottom", fontsize=8)
+        axis.set_title(title)
+
+    bars(ax, results["prefill"], "tokens_per_s", "prefill tokens/s (higher is better)")
+    for impl, per_ctx in results["decode"].items():
+        ctxs = sorted(per_ctx, key=int)
+        bx.plot([int(c) for c in ctxs], [per_ctx[c].get("ms_per_token", float("nan")) for c in ctxs],
+                "o-", color=colors.get(impl, "gray"), label=impl)
+    bx.set_xscale("log")
+    bx.set_ylim(bottom=0)
+    bx.set_xlabel("context length")
+    bx.set_title("decode ms/token (lower is better)")
+    bx.legend(fontsize=8)
+    bars(cx, results["train"], "seconds", "training step s (lower is better)")
+    fig.suptitle(f"Mamba d_model={results['model']['d_model']} n_layer={results['model']['n_layer']}, "
+                 f"{results['machine']['cores']} cores, fp32")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker")
+    ap.add_argument("--plot-only", action="store_true", help="redraw lm.png from lm.json")
     ap.add_argument("--impls", default="mambakit,transformers,mambapy",
                     help="comma-separated subset of mambakit,transformers,mambapy")
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker)
+    if args.plot_only:
+        return plot(json.loads((RESULTS / "lm.json").read_text()), RESULTS / "lm.png")
 
     size = (dict(d_model=128, n_layer=2, vocab_size=512) if args.quick
             else dict(d_model=768, n_layer=24, vocab_size=50280))
@@ -200,8 +237,9 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / ("lm_quick.json" if args.quick else "lm.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out.with_suffix(".png"))
     print(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

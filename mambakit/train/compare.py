@@ -24,8 +24,8 @@ from mambakit.train.memory import PeakMemory
 class CompareConfig:
     models: tuple[str, ...] = ("mamba", "transformer", "gru")
     budget_params: int = 500_000
-    steps: int = 400                   # same token budget for every model...
-    time_budget_s: float = 90.0        # ...unless a model runs out of time first
+    steps: int = 700                   # same token budget for every model...
+    time_budget_s: float = 120.0       # ...unless a model runs out of time first (~4 min in all)
     batch_size: int = 8
     seq_len: int = 256
     lr: float = 3e-3

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -29,3 +30,24 @@ def non_negative_float(text: str) -> float:
 def emit_json(data) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def resolve_tokenizer(spec):
+    """The tokenizer a --tokenizer value (tokenizer.json or a folder with one) names; bytes if None."""
+    from mambakit.data import load_tokenizer
+
+    if spec is not None and not Path(spec).exists():
+        raise FileNotFoundError(f"--tokenizer {spec}: no such file or folder")
+    return load_tokenizer(spec)
+
+
+def load_model_and_tokenizer(checkpoint: str, tokenizer_spec=None):
+    """A checkpoint's model with its tokenizer (--tokenizer overrides the checkpoint's own),
+    refusing a pair whose vocabularies don't fit each other."""
+    from mambakit.data.tokenizer import check_tokenizer_fits
+    from mambakit.io.checkpoint import load_model
+
+    model = load_model(checkpoint)
+    tokenizer = resolve_tokenizer(tokenizer_spec or checkpoint)
+    check_tokenizer_fits(tokenizer, model)
+    return model, tokenizer

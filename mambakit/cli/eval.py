@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from mambakit.cli.common import emit_json, positive_int
-from mambakit.cli.train import add_data_args, resolve_tokenizer
+from mambakit.cli.common import emit_json, load_model_and_tokenizer, positive_int
+from mambakit.cli.train import add_data_args
 
 
 def add_parser(sub) -> None:
@@ -26,14 +26,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambakit.data.tokenizer import check_tokenizer_fits
     from mambakit.data.tokens import load_splits
-    from mambakit.io.checkpoint import load_model
     from mambakit.train import evaluate
 
-    model = load_model(args.checkpoint)
-    tokenizer = resolve_tokenizer(args.tokenizer or args.checkpoint)
-    check_tokenizer_fits(tokenizer, model)
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer)
     with tempfile.TemporaryDirectory(prefix="mambakit-eval-") as cache:
         _, val = load_splits(tokenizer, args.data, cache, args.text_field, args.max_bytes)
         result = evaluate(model, val, args.seq_len, args.batch_size, args.batches, args.dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mambakit.cli.common import emit_json, non_negative_float, positive_int
+from mambakit.cli.common import emit_json, load_model_and_tokenizer, non_negative_float, positive_int
 
 
 def add_parser(sub) -> None:
@@ -33,14 +33,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambakit.cli.train import resolve_tokenizer
-    from mambakit.data.tokenizer import check_tokenizer_fits
     from mambakit.generation import TextStream
-    from mambakit.io.checkpoint import load_model
 
-    model = load_model(args.checkpoint)
-    tok = resolve_tokenizer(args.tokenizer or args.checkpoint)
-    check_tokenizer_fits(tok, model)
+    model, tok = load_model_and_tokenizer(args.checkpoint, args.tokenizer)
     prompts = args.prompt or ["def "]
     stop = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]  # so "\n\n" can be typed
     text = TextStream(model, tok, prompts, max_new_tokens=args.max_new_tokens,

@@ -5,13 +5,9 @@ import argparse
 import os
 import sys
 
-from mambakit.cli import demo, eval, generate, tokenizer, train
-from mambakit.cli import plot
-from mambakit.cli import convert
-from mambakit.cli import bench
-from mambakit.cli import synth
+from mambakit.cli import bench, convert, demo, eval, generate, plot, synth, tokenizer, train
 
-VERBS = [demo, train, eval, tokenizer, generate, plot, convert, bench, synth]
+VERBS = [demo, train, eval, generate, bench, synth, convert, plot, tokenizer]
 
 
 def build_parser() -> argparse.ArgumentParser:

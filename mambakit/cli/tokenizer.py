@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from mambakit.cli.common import emit_json, positive_int
-from mambakit.cli.train import add_data_args, resolve_tokenizer
+from mambakit.cli.common import emit_json, positive_int, resolve_tokenizer
+from mambakit.cli.train import add_data_args
 
 
 def add_parser(sub) -> None:

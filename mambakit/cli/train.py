@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from mambakit.cli.common import emit_json, non_negative_float, positive_int
+from mambakit.cli.common import emit_json, non_negative_float, positive_int, resolve_tokenizer
 
 
 def add_data_args(p, max_bytes: int = 4_000_000) -> None:
@@ -51,14 +51,6 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
-
-
-def resolve_tokenizer(spec):
-    from mambakit.data import load_tokenizer
-
-    if spec is not None and not Path(spec).exists():
-        raise FileNotFoundError(f"--tokenizer {spec}: no such file or folder")
-    return load_tokenizer(spec)
 
 
 def build_model(args, vocab_size: int):

@@ -97,8 +97,10 @@ def case_decode(impl: str, size: dict, context: int, n_tokens: int) -> dict:
     ids = torch.randint(0, size["vocab_size"], (1, context))
     with torch.inference_mode():
         if impl == "mambakit":
+            from mambakit.generation import prefill
+
             cache = model.allocate_cache(1)
-            logits = model(ids, cache=cache)[:, -1]
+            logits = prefill(model, ids, cache)  # chunked, as generate() does
             token = logits.argmax(-1)
             per_token = []
             for _ in range(n_tokens):

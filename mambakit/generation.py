@@ -92,6 +92,30 @@ def _check_attention_mask(model, mask: Tensor, input_ids: Tensor, cache) -> None
         raise ValueError("left padding cannot follow a carried state (cache); continue unpadded rows")
 
 
+PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory for long prompts
+
+
+def prefill(model, input_ids: Tensor, cache, attention_mask: Optional[Tensor] = None,
+            chunk_size: int = PREFILL_CHUNK) -> Tensor:
+    """Run the prompt through the model into `cache`; return the last position's logits (b, v).
+
+    Long prompts go in chunks that continue from the cache — exact for every model (recurrent
+    state or KV cache) — so peak memory is that of `chunk_size` tokens, not of the whole prompt.
+    Left padding stays in the first chunk (a pad may not follow a carried state), together with
+    every row's first real token.
+    """
+    l = input_ids.shape[1]
+    first = chunk_size
+    if attention_mask is not None and not bool(attention_mask.all()):
+        padded_columns = (~attention_mask.bool()).any(0).nonzero()
+        first = max(chunk_size, int(padded_columns.max()) + 2)
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask[:, :first]}
+    logits = model(input_ids[:, :first], cache=cache, **kwargs)[:, -1]
+    for start in range(first, l, chunk_size):
+        logits = model(input_ids[:, start:start + chunk_size], cache=cache)[:, -1]
+    return logits
+
+
 @torch.no_grad()
 def stream(model, input_ids: Tensor, max_new_tokens: int = 64, temperature: float = 0.0,
            top_k: Optional[int] = None, top_p: Optional[float] = None, min_p: Optional[float] = None,
@@ -127,7 +151,7 @@ def stream(model, input_ids: Tensor, max_new_tokens: int = 64, temperature: floa
         # Pads must not count as "already seen" for the repetition penalty: stand each pad in
         # for the row's last prompt token (always real with left padding), which it already has.
         history = torch.where(attention_mask.bool(), history, history[:, -1:])
-    logits = model(input_ids, cache=cache, **kwargs)[:, -1]                       # prefill
+    logits = prefill(model, input_ids, cache, kwargs.get("attention_mask"))
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     for i in range(max_new_tokens):
         logits = logits[:, : model.vocab_size]           # never sample vocab padding

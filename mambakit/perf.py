@@ -60,11 +60,13 @@ def prefill_tokens_per_s(model, length: int, repeats: int = 3, seed: int = 0) ->
 def decode_latency_ms(model, context: int, n_tokens: int = 8, seed: int = 0) -> float:
     """Median ms per decoded token after prefilling `context` tokens: the cost a chat user feels
     at that context length (flat for recurrent models, growing for attention's KV cache)."""
+    from mambakit.generation import prefill
+
     model.eval()
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.vocab_size, (1, context), generator=g)
     cache = model.allocate_cache(1, max_seqlen=context + n_tokens + 1)
-    logits = model(ids, cache=cache)[:, -1]
+    logits = prefill(model, ids, cache)
     times = []
     for _ in range(n_tokens + 1):   # the first step warms up allocations; not counted
         token = logits[:, :model.vocab_size].argmax(-1)

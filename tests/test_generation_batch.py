@@ -114,3 +114,22 @@ def test_eos_ends_a_text_row():
     [full] = generate_text(model, tok, "ab", **kw)
     eos = ord(full[3])
     assert generate_text(model, tok, "ab", eos_token_id=eos, **kw) == [full[:full.index(full[3])]]
+
+
+@pytest.mark.parametrize("name", ["mamba", "transformer", "gru", "s4d"])
+def test_chunked_prefill_equals_one_pass_with_and_without_padding(name):
+    from mambakit.generation import prefill
+    from mambakit.models import build
+
+    model = build(name, "tiny").eval()
+    ids, mask = pad_prompts([list(range(3, 20)), list(range(5, 9))], pad_id=0)   # 13 pads in row 1
+    with torch.no_grad():
+        whole = prefill(model, ids, model.allocate_cache(2), mask, chunk_size=10_000)
+        cache = model.allocate_cache(2)
+        chunked = prefill(model, ids, cache, mask, chunk_size=5)       # pads force a first chunk of 14
+        after = model.step(torch.tensor([7, 7]), cache)
+        ref_cache = model.allocate_cache(2)
+        model(ids, cache=ref_cache, attention_mask=mask)
+        ref_after = model.step(torch.tensor([7, 7]), ref_cache)
+    torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(after, ref_after, atol=1e-4, rtol=1e-4)

@@ -20,9 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Peers (transformers, mambapy) measured in the same run; run on an otherwise idle machine.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_scan.py
+	$(BIN)/python benchmarks/bench_lm.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

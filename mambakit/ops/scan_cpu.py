@@ -42,7 +42,7 @@ class _Args(ctypes.Structure):
     """Mirror of `struct ScanArgs` in selective_scan.cpp (order and types must match)."""
 
     _fields_ = [(name, ctypes.c_void_p) for name in (
-        "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0", "reset", "out", "last", "ckpt",
+        "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0", "reset", "out", "last", "ckpt", "v",
         "dout", "dlast", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dh0")] + \
         [(name, ctypes.c_int64) for name in ("b", "d", "l", "n", "g", "chunk")] + \
         [("softplus", ctypes.c_int32), ("threads", ctypes.c_int32)]
@@ -149,18 +149,20 @@ class _FusedScan(torch.autograd.Function):
         out = torch.empty_like(u)                                           # (b, d, l)
         last = u.new_empty(b, d, n)                                         # (b, d, n)
         ckpt = u.new_empty(b, d, -(-l // CHUNK), n) if any(ctx.needs_input_grad) else None
+        # v = C·h + D u before the gate, kept for dz so the backward skips recomputing C·h.
+        v = torch.empty_like(u) if ckpt is not None and z is not None else None
         # No more threads than channels: each thread gets its own dB/dC partial in the backward.
         dims = dict(b=b, d=d, l=l, n=n, g=g, chunk=CHUNK, softplus=int(softplus),
                     threads=max(1, min(torch.get_num_threads(), b * d)))
         common = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, reset=reset)
-        _call("fwd", u.dtype, **common, h0=initial_state, out=out, last=last, ckpt=ckpt, **dims)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, reset, ckpt)
+        _call("fwd", u.dtype, **common, h0=initial_state, out=out, last=last, ckpt=ckpt, v=v, **dims)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, reset, ckpt, v)
         ctx.dims, ctx.has_h0 = dims, initial_state is not None
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, reset, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, reset, ckpt, v = ctx.saved_tensors
         dims = ctx.dims
         b, d, l, n, g = (dims[k] for k in "bdlng")
         partial = u.new_zeros(2, dims["threads"], b, g, l, n)               # per-thread dB, dC
@@ -169,7 +171,7 @@ class _FusedScan(torch.autograd.Function):
         dz = torch.empty_like(u) if z is not None else None
         dh0 = u.new_empty(b, d, n) if ctx.has_h0 else None
         _call("bwd", u.dtype, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-              reset=reset, h0=None, out=None, last=None, ckpt=ckpt, dout=dout.contiguous(),
+              reset=reset, h0=None, out=None, last=None, ckpt=ckpt, v=v, dout=dout.contiguous(),
               dlast=None if dlast is None else dlast.contiguous(), du=du, ddelta=ddelta, dA=dA,
               dB=partial[0], dC=partial[1], dD=dD, dz=dz, dh0=dh0, **dims)
         dB, dC = partial.sum(1)                                             # (b, g, l, n) each

@@ -10,7 +10,8 @@
 //
 // Layouts (all contiguous): u, delta, z, out, du, ddelta, dz (b, d, l); A (d, n); B, C (b, g, l, n)
 // (transposed in Python so the n loop is stride-1); D, delta_bias (d); reset (b, l) uint8;
-// h0, last, dlast, dh0 (b, d, n); ckpt (b, d, ceil(l/chunk), n). Gradients shared across
+// h0, last, dlast, dh0 (b, d, n); ckpt (b, d, ceil(l/chunk), n); v (b, d, l) = C·h + D u before
+// the gate, written by the forward when a backward will need dz. Gradients shared across
 // channels are written as partials and summed in Python, so threads never write the same memory:
 // dA (b, d, n) and dD (b, d) per batch row, dB and dC (threads, b, g, l, n) per thread.
 // ddelta is the gradient of the raw delta (through bias and softplus); d(delta_bias) is its sum.
@@ -28,7 +29,7 @@
 struct ScanArgs {
   const void *u, *delta, *A, *B, *C, *D, *z, *delta_bias, *h0;
   const uint8_t *reset;
-  void *out, *last, *ckpt;
+  void *out, *last, *ckpt, *v;
   const void *dout, *dlast;
   void *du, *ddelta, *dA, *dB, *dC, *dD, *dz, *dh0;
   int64_t b, d, l, n, g, chunk;
@@ -87,7 +88,7 @@ struct StateVec {
 // Steps s..e-1 of one channel from state h: y[t-s] = C_t·h_t. kKeep=false updates h (n values) in
 // place; kKeep=true reads h_{s-1} at h[0..n) and keeps every h_t at h[(t-s+1)n..] and the decay
 // actually applied, Ā_t·keep_t (0 where a document starts), at as[(t-s)n..] for the backward.
-template <typename T, int N, bool kKeep>
+template <typename T, int N, bool kKeep, bool kOut = true>
 inline void steps(const ScanArgs& a, const Channel<T>& ch, int64_t i, const T* dt, int64_t s,
                   int64_t e, T* h, T* y, T* as) {
   const int64_t n = N > 0 ? N : a.n, stride = kKeep ? n : 0;
@@ -102,9 +103,9 @@ inline void steps(const ScanArgs& a, const Channel<T>& ch, int64_t i, const T* d
       const T hk = ak * hin[k] + dtu * Bt[k];  // h_t = Ā_t h_{t-1} + B̄_t u_t
       if constexpr (kKeep) at[k] = ak;
       hout[k] = hk;
-      acc += hk * Ct[k];
+      if constexpr (kOut) acc += hk * Ct[k];
     }
-    y[j] = acc;
+    if constexpr (kOut) y[j] = acc;
   }
 }
 
@@ -127,9 +128,13 @@ void forward(const ScanArgs& a) {
         if (a.ckpt) std::memcpy(static_cast<T*>(a.ckpt) + (bc * nchunks + s / a.chunk) * n, h, n * sizeof(T));
         steps<T, N, false>(a, ch, bc / a.d, dt.data(), s, std::min(l, s + a.chunk), h, out + s, nullptr);
       }
+      // v = C·h + D u before the gate; kept (when a backward follows) so the backward's
+      // recompute pass can skip the C·h reductions.
+      T* vrow = a.v ? static_cast<T*>(a.v) + ch.row : nullptr;
 #pragma omp simd
       for (int64_t t = 0; t < l; ++t) {
         T v = out[t] + ch.Dc * ch.u[t];
+        if (vrow) vrow[t] = v;
         out[t] = ch.z ? v * ch.z[t] * sigmoid_(ch.z[t]) : v;  // · SiLU(z)
       }
       std::memcpy(static_cast<T*>(a.last) + bc * n, h, n * sizeof(T));
@@ -143,7 +148,7 @@ void backward(const ScanArgs& a) {
   const int64_t slab = a.b * a.g * l * n;  // one thread's dB / dC partial
 #pragma omp parallel num_threads(a.threads)
   {
-    std::vector<T> dt(l), hs((T_ + 1) * n), as(T_ * n), ys(T_), dys(T_);
+    std::vector<T> dt(l), hs((T_ + 1) * n), as(T_ * n), dys(T_);
     StateVec<T, N> dhv(n), dAv(n);
     T *dh = dhv.data(), *dA = dAv.data();
     T* dBp = static_cast<T*>(a.dB) + omp_get_thread_num() * slab;
@@ -155,6 +160,7 @@ void backward(const ScanArgs& a) {
       const T* dout = static_cast<const T*>(a.dout) + ch.row;
       T *du = static_cast<T*>(a.du) + ch.row, *ddelta = static_cast<T*>(a.ddelta) + ch.row;
       T* dz = a.dz ? static_cast<T*>(a.dz) + ch.row : nullptr;
+      const T* vrow = a.v ? static_cast<const T*>(a.v) + ch.row : nullptr;  // set whenever dz is
       if (a.dlast) std::memcpy(dh, static_cast<const T*>(a.dlast) + bc * n, n * sizeof(T));
       else std::fill(dh, dh + n, T(0));
       std::fill(dA, dA + n, T(0));
@@ -162,16 +168,17 @@ void backward(const ScanArgs& a) {
       delta_row(ch.delta, ch.bias, a.softplus != 0, l, dt.data());
       for (int64_t s = (nchunks - 1) * T_; s >= 0; s -= T_) {
         const int64_t e = std::min(l, s + T_);
-        // Recompute this chunk's states h_s..h_{e-1} (and Ā, C·h) from its checkpoint.
+        // Recompute this chunk's states h_s..h_{e-1} and Ā from its checkpoint (C·h is not
+        // needed: the forward kept v = C·h + D u for the gate's gradient).
         std::memcpy(hs.data(), static_cast<const T*>(a.ckpt) + (bc * nchunks + s / T_) * n, n * sizeof(T));
-        steps<T, N, true>(a, ch, i, dt.data(), s, e, hs.data(), ys.data(), as.data());
+        steps<T, N, true, false>(a, ch, i, dt.data(), s, e, hs.data(), nullptr, as.data());
         // Through the gate: out = v · z σ(z), v = C·h + D u;  d(z σ(z))/dz = σ(z)(1 + z(1 - σ(z))).
 #pragma omp simd reduction(+ : dD)
         for (int64_t t = s; t < e; ++t) {
           T dy = dout[t];
           if (dz) {
             const T zt = ch.z[t], sz = sigmoid_(zt);
-            dz[t] = dy * (ys[t - s] + ch.Dc * ch.u[t]) * sz * (T(1) + zt * (T(1) - sz));
+            dz[t] = dy * vrow[t] * sz * (T(1) + zt * (T(1) - sz));
             dy *= zt * sz;
           }
           dys[t - s] = dy;

@@ -45,7 +45,11 @@ def from_config(config: ConfigBase) -> LanguageModel:
     raise ValueError(f"no model registered for {type(config).__name__}")
 
 
-__all__ = ["REGISTRY", "build", "config_for", "from_config", "model_class", "LanguageModel",
+# After the registry: budget sizes the families registered above.
+from mambakit.models.budget import configs_for_budget  # noqa: E402
+
+__all__ = ["REGISTRY", "build", "config_for", "configs_for_budget", "from_config", "model_class",
+           "LanguageModel",
            "MambaLM", "MambaCache", "MambaConfig", "S4LM", "S4DLM", "S4Config", "S4DConfig",
            "TransformerLM", "TransformerConfig", "RNNLM", "RNNConfig", "GRULM", "GRUConfig",
            "LSTMLM", "LSTMConfig"]

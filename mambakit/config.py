@@ -108,7 +108,29 @@ def pad_to_multiple(n: int, multiple: int) -> int:
 
 
 @dataclass
-class MambaConfig(ConfigBase):
+class LMConfig(ConfigBase):
+    """Fields every residual-stack LM family shares (Mamba, S4/S4D, Transformer). A family
+    redeclares the sizes with its own defaults (they keep their place) and adds its own fields,
+    which follow these in config.json."""
+
+    d_model: int = 768
+    n_layer: int = 24
+    vocab_size: int = 50277
+    rms_norm: bool = True
+    norm_epsilon: float = 1e-5
+    residual_in_fp32: bool = True
+    pad_vocab_size_multiple: int = 8
+    tie_embeddings: bool = True
+
+    def validate(self) -> None:
+        for name in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple"):
+            self._require_int(name)
+        self._require_float("norm_epsilon")
+        self._require_bool("rms_norm", "residual_in_fp32", "tie_embeddings")
+
+
+@dataclass
+class MambaConfig(LMConfig):
     """Mamba LM hyper-parameters, named as in mamba_ssm's MambaConfig / Mamba mixer."""
 
     model_type: ClassVar[str] = "mamba"
@@ -121,9 +143,6 @@ class MambaConfig(ConfigBase):
         "2.8b": dict(d_model=2560, n_layer=64, vocab_size=50277),
     }
 
-    d_model: int = 768
-    n_layer: int = 24
-    vocab_size: int = 50277
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
@@ -134,23 +153,18 @@ class MambaConfig(ConfigBase):
     dt_scale: float = 1.0
     conv_bias: bool = True
     bias: bool = False
-    rms_norm: bool = True
-    norm_epsilon: float = 1e-5
-    residual_in_fp32: bool = True
-    pad_vocab_size_multiple: int = 8
-    tie_embeddings: bool = True
 
     def validate(self) -> None:
-        for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand",
-                     "pad_vocab_size_multiple"):
+        super().validate()
+        for name in ("d_state", "d_conv", "expand"):
             self._require_int(name)
         if self.dt_rank != "auto":
             self._require_int("dt_rank")
-        for name in ("dt_min", "dt_max", "dt_init_floor", "dt_scale", "norm_epsilon"):
+        for name in ("dt_min", "dt_max", "dt_init_floor", "dt_scale"):
             self._require_float(name)
         if self.dt_min > self.dt_max:
             raise ValueError(f"MambaConfig.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
-        self._require_bool("conv_bias", "bias", "rms_norm", "residual_in_fp32", "tie_embeddings")
+        self._require_bool("conv_bias", "bias")
 
     @property
     def d_inner(self) -> int:

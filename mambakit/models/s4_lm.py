@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mambakit.config import ConfigBase
+from mambakit.config import LMConfig
 from mambakit.models.mixer_lm import MixerLM
 from mambakit.modules.s4 import MODES, LTIMixer, S4DMixer, S4Mixer
 
@@ -23,7 +23,7 @@ _PRESETS = {
 
 
 @dataclass
-class _LTIConfig(ConfigBase):
+class _LTIConfig(LMConfig):
     """Fields shared by S4 and S4D (not registered itself: each family has its own model_type)."""
 
     d_model: int = 256
@@ -32,22 +32,16 @@ class _LTIConfig(ConfigBase):
     d_state: int = 64               # real state size N; the layer keeps N/2 complex pairs
     dt_min: float = 0.001
     dt_max: float = 0.1
-    rms_norm: bool = True
-    norm_epsilon: float = 1e-5
-    residual_in_fp32: bool = True
-    pad_vocab_size_multiple: int = 8
-    tie_embeddings: bool = True
 
     def validate(self) -> None:
-        for name in ("d_model", "n_layer", "vocab_size", "d_state", "pad_vocab_size_multiple"):
-            self._require_int(name)
+        super().validate()
+        self._require_int("d_state")
         if self.d_state % 2:
             raise ValueError(f"{type(self).__name__}.d_state must be even (conjugate pairs), got {self.d_state}")
-        for name in ("dt_min", "dt_max", "norm_epsilon"):
+        for name in ("dt_min", "dt_max"):
             self._require_float(name)
         if self.dt_min > self.dt_max:
             raise ValueError(f"{type(self).__name__}.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
-        self._require_bool("rms_norm", "residual_in_fp32", "tie_embeddings")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
-from mambakit.config import ConfigBase, pad_to_multiple
+from mambakit.config import LMConfig, pad_to_multiple
 from mambakit.models.base import LanguageModel
 from mambakit.modules.attention import CausalSelfAttention, KVState, attention_mask, rotary_angles
 from mambakit.modules.block import Block
@@ -30,7 +30,7 @@ POSITIONS = ("rope", "learned")
 
 
 @dataclass
-class TransformerConfig(ConfigBase):
+class TransformerConfig(LMConfig):
     model_type: ClassVar[str] = "transformer"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(d_model=64, n_layer=2, n_head=4, vocab_size=257),
@@ -49,23 +49,17 @@ class TransformerConfig(ConfigBase):
     max_seq_len: int = 2048         # learned positions: the table size, a hard limit
     rope_theta: float = 10000.0
     bias: bool = False
-    rms_norm: bool = True
-    norm_epsilon: float = 1e-5
-    residual_in_fp32: bool = True
-    pad_vocab_size_multiple: int = 8
-    tie_embeddings: bool = True
 
     def validate(self) -> None:
-        for name in ("d_model", "n_layer", "vocab_size", "max_seq_len", "pad_vocab_size_multiple"):
-            self._require_int(name)
+        super().validate()
+        self._require_int("max_seq_len")
         for name in ("n_head", "d_ff"):
             if getattr(self, name) != "auto":
                 self._require_int(name)
         self._require_choice("mlp", MLP_KINDS)
         self._require_choice("positions", POSITIONS)
-        for name in ("rope_theta", "norm_epsilon"):
-            self._require_float(name)
-        self._require_bool("bias", "rms_norm", "residual_in_fp32", "tie_embeddings")
+        self._require_float("rope_theta")
+        self._require_bool("bias")
         h = self.resolved_n_head
         if self.d_model % h:
             raise ValueError(f"TransformerConfig.d_model ({self.d_model}) must be divisible by "

@@ -26,12 +26,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median of `repeats` timed calls (each case warms up itself)."""
+    from mambakit.perf import median_seconds
+
+    return median_seconds(fn, repeats, warmup=0)
 
 
 def _ours(size: dict):

@@ -119,9 +119,14 @@ def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initia
     if A.dim() != 2 or A.shape[0] != d:
         fail(f"A must be (d={d}, d_state), got {tuple(A.shape)}")
     if A.is_complex():
-        fail("complex A is not supported; pass a real (d, d_state) A")
+        fail("complex A (mamba_ssm's complex-valued variant) is not supported; pass a real "
+             "(d, d_state) A")
     n = A.shape[1]
     for name, X in (("B", B), ("C", C)):
+        if X.dim() == 2:
+            fail(f"{name} of shape {tuple(X.shape)} (mamba_ssm's input-independent (d, n) form) is "
+                 f"not supported; pass it as one group per channel: "
+                 f"{name}[None, :, :, None].expand({b}, -1, -1, {l})")
         if X.dim() == 3:
             if tuple(X.shape) != (b, n, l):
                 fail(f"{name} must be (batch={b}, d_state={n}, seqlen={l}), got {tuple(X.shape)}")
@@ -133,6 +138,12 @@ def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initia
                 fail(f"{name} has {g} groups, which must divide d={d}")
         else:
             fail(f"{name} must be 3-D (b, n, l) or 4-D (b, g, n, l), got {X.dim()}-D")
+    # The fused kernel reads B and C with one group count: refuse a mismatch rather than let it
+    # read C out of bounds (a 3-D B/C is one group).
+    groups = [1 if X.dim() == 3 else X.shape[1] for X in (B, C)]
+    if groups[0] != groups[1]:
+        fail(f"B has {groups[0]} group(s) but C has {groups[1]}; B and C must have the same number "
+             f"of groups (as in mamba_ssm)")
     optional = (("D", D, (d,)), ("delta_bias", delta_bias, (d,)), ("z", z, (b, d, l)),
                 ("initial_state", initial_state, (b, d, n)))
     for name, t, shape in optional:

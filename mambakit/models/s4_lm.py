@@ -7,7 +7,7 @@ with the selective mixer swapped for an LTI one, so tasks and benchmarks compare
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ class _LTIConfig(LMConfig):
     d_model: int = 256
     n_layer: int = 4
     vocab_size: int = 257
-    d_state: int = 64               # real state size N; the layer keeps N/2 complex pairs
+    d_state: int = 64               # real state size N; N/2 conjugate pairs are parameters
     dt_min: float = 0.001
     dt_max: float = 0.1
 
@@ -49,8 +49,15 @@ class S4Config(_LTIConfig):
     model_type: ClassVar[str] = "s4"
     presets: ClassVar[dict[str, dict[str, Any]]] = _PRESETS
 
+    b_clip: Optional[float] = None  # clamp Im B̃ at init (S4's code: 2.0); None: exactly HiPPO-LegS
+
+    def validate(self) -> None:
+        super().validate()
+        if self.b_clip is not None:
+            self._require_float("b_clip")
+
     def make_mixer(self) -> LTIMixer:
-        return S4Mixer(self.d_model, self.d_state, self.dt_min, self.dt_max)
+        return S4Mixer(self.d_model, self.d_state, self.dt_min, self.dt_max, self.b_clip)
 
 
 @dataclass

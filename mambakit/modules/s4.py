@@ -1,15 +1,19 @@
 """S4 and S4D layers: one LTI SSM per channel, trained as a convolution, decoded as a recurrence.
 
-Glossary: b batch, l length, h = d_model channels (one SISO SSM each, no expansion), n = d_state/2
-complex state per channel: a real SSM's conjugate eigen-pairs contribute 2·Re of one member, so
-only half the spectrum is kept (as in S4's code) and y = Re(2C h) + D x.
+Glossary: b batch, l length, h = d_model channels (one SISO SSM each, no expansion), N = d_state
+(the real state size), n = N/2 stored parameters per channel: a real SSM's eigenvalues come in
+conjugate pairs, so only one member of each pair is a parameter (as in S4's code).
 
 * S4 (Gu et al. 2022): A = diag(Λ) − P P* (DPLR, Q = P keeps Re A ≤ 0), Λ and P from HiPPO-LegS,
   bilinear discretization, kernel by the Cauchy/generating-function method (`dplr_kernel`).
-  S4 learns C̃ = C(I − A̅^L) for one fixed L; we learn C and form C̃ per call, so any length works
-  and both modes share the same C.
+  The rank-one term P P* couples every mode with every other one, its conjugate partner included,
+  so the stored half is completed with its conjugates (`conj_complete`, S4's `_conj`) before any
+  sum, and the state is the full N: at initialisation the layer's SSM is HiPPO-LegS exactly, in
+  the unitary eigenbasis of its normal part. S4 learns C̃ = C(I − A̅^L) for one fixed L; we learn
+  C and form C̃ per call, so any length works and both modes share the same C.
 * S4D (Gu et al. 2022b): diagonal A, S4D-Lin (A_n = −½ + iπn) or S4D-Inv
-  (A_n = −½ + i(N/π)(N/(2n+1) − 1)) init, B = 1, ZOH, Vandermonde kernel.
+  (A_n = −½ + i(N/π)(N/(2n+1) − 1)) init, B = 1, ZOH, Vandermonde kernel. Diagonal modes do not
+  couple, so a conjugate pair contributes 2·Re of one member: the state is n, y = Re(2C h) + D x.
 
 `mode` is LSSL's switch: "conv" (FFT convolution, parallel — training and prefill) or
 "recurrent" (h_k = A̅h_{k−1} + B̅x_k one step at a time). Both give the same outputs and states.
@@ -39,7 +43,8 @@ MODES = ("conv", "recurrent")
 
 @dataclass
 class S4State:
-    """Recurrent state of one S4/S4D layer: ssm (b, h, n) complex. Its size is fixed in l."""
+    """Recurrent state of one S4/S4D layer: ssm (b, h, N) (S4) or (b, h, n) (S4D) complex. Its size
+    is fixed in l."""
 
     ssm: Tensor
 
@@ -51,18 +56,27 @@ def _complex_param(z: Tensor) -> nn.Parameter:
     return nn.Parameter(torch.view_as_real(z.to(torch.complex64)).clone())
 
 
+def conj_complete(x: Tensor) -> Tensor:
+    """(..., n) -> (..., 2n): one member of each conjugate pair, then the other members."""
+    return torch.cat([x, x.conj()], dim=-1)
+
+
 class LTIMixer(nn.Module):
     """What S4 and S4D share: Δ, D, the two modes, state handling and the gated output.
 
-    Subclasses give `discrete()` -> (A̅ (h, n, n) or (h, n), B̅ (h, n), 2C (h, n)) and
-    `kernel(l)` -> real K (h, l) of the same SSM.
+    Subclasses give `discrete()` -> (A̅ (h, s, s) or (h, s), B̅ (h, s), C' (h, s)) with the
+    output y = Re(C' h) + D x for a state of size s = `state_size`, and `kernel(l)` -> real K (h, l)
+    of the same SSM.
     """
+
+    state_size: int
 
     def __init__(self, d_model: int, d_state: int, dt_min: float = 1e-3, dt_max: float = 1e-1):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state must be even (conjugate pairs of the state), got {d_state}")
         self.d_model, self.n = d_model, d_state // 2
+        self.state_size = self.n
         self._mode = "conv"
         # Δ log-uniform in [dt_min, dt_max] per channel: a range of timescales (S4's init).
         self.log_dt = nn.Parameter(torch.rand(d_model) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
@@ -91,7 +105,8 @@ class LTIMixer(nn.Module):
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> S4State:
         device = device or self.D.device
-        return S4State(torch.zeros(batch_size, self.d_model, self.n, device=device, dtype=torch.complex64))
+        return S4State(torch.zeros(batch_size, self.d_model, self.state_size, device=device,
+                                   dtype=torch.complex64))
 
     def _output(self, y: Tensor) -> Tensor:
         return F.glu(self.out_proj(F.gelu(y)), dim=-1)                  # (..., h)
@@ -131,11 +146,21 @@ class LTIMixer(nn.Module):
 
 
 class S4Mixer(LTIMixer):
-    """S4: HiPPO-LegS-initialised DPLR state matrix, bilinear discretization, Cauchy kernel."""
+    """S4: HiPPO-LegS-initialised DPLR state matrix, bilinear discretization, Cauchy kernel.
 
-    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1):
+    `b_clip` clamps Im B̃ to [−b_clip, b_clip] at init, as S4's `nplr(..., B_clip=2.0)` does for
+    stability; None (the default) keeps B̃ exact, so the initial SSM is HiPPO-LegS.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 b_clip: Optional[float] = None):
         super().__init__(d_model, d_state, dt_min, dt_max)
+        self.state_size = d_state
         Lambda, P, B = (x.expand(d_model, self.n) for x in dplr_legs_half(d_state))
+        if b_clip is not None:
+            if not b_clip > 0:
+                raise ValueError(f"b_clip must be > 0 or None, got {b_clip}")
+            B = torch.complex(B.real, B.imag.clamp(-b_clip, b_clip))
         self.log_A_real = nn.Parameter(torch.log(-Lambda.real).float().clone())   # Re Λ = −exp(·) < 0
         self.A_imag = nn.Parameter(Lambda.imag.float().clone())
         self.P = _complex_param(P)
@@ -143,19 +168,25 @@ class S4Mixer(LTIMixer):
         self.C = _complex_param(torch.randn(d_model, self.n, dtype=torch.complex64))
 
     def _dplr(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Λ, P̃, B̃, C over the whole conjugate-symmetric spectrum: (h, N) complex each."""
         Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        return Lambda, torch.view_as_complex(self.P), torch.view_as_complex(self.B), torch.view_as_complex(self.C)
+        halves = (Lambda, torch.view_as_complex(self.P), torch.view_as_complex(self.B),
+                  torch.view_as_complex(self.C))
+        return tuple(conj_complete(x) for x in halves)
+
+    def _bilinear(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        Lambda, P, B, C = self._dplr()
+        Ab, Bb = bilinear(dplr_dense(Lambda, P, P), B, self.dt)         # (h, N, N), (h, N)
+        return Lambda, P, B, C, Ab, Bb
 
     def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
-        Lambda, P, B, C = self._dplr()
-        Ab, Bb = bilinear(dplr_dense(Lambda, P, P), B, self.dt)         # (h, n, n), (h, n)
-        return Ab, Bb, 2 * C
+        _, _, _, C, Ab, Bb = self._bilinear()
+        return Ab, Bb, C
 
     def kernel(self, length: int) -> Tensor:
-        Lambda, P, B, C = self._dplr()
-        Ab, _ = bilinear(dplr_dense(Lambda, P, P), B, self.dt)
-        K = dplr_kernel(Lambda, P, P, B, c_tilde(Ab, C, length), self.dt, length)
-        return 2 * K.real                                               # (h, l)
+        Lambda, P, B, C, Ab, _ = self._bilinear()
+        # conjugate-symmetric sums: the imaginary part is rounding only
+        return dplr_kernel(Lambda, P, P, B, c_tilde(Ab, C, length), self.dt, length).real   # (h, l)
 
 
 def s4d_imag_init(n: int, d_state: int, init: str) -> Tensor:

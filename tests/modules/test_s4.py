@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from mambakit.modules.s4 import S4DMixer, S4Mixer
-from mambakit.ops.ssm_kernel import ssm_kernel_naive
+from mambakit.modules.s4 import S4DMixer, S4Mixer, conj_complete
+from mambakit.ops.discretize import bilinear
+from mambakit.ops.hippo import hippo_legs, nplr_legs
+from mambakit.ops.ssm_kernel import dplr_dense, ssm_kernel_naive
 
 LAYERS = {
     "s4": lambda: S4Mixer(6, d_state=8, dt_min=0.01, dt_max=0.5),
@@ -83,3 +85,38 @@ def test_bad_inputs_raise():
         layer.mode = "fft"
     with pytest.raises(ValueError, match=r"\(batch, length, 4\)"):
         layer(torch.randn(2, 3, 5))
+
+
+@pytest.mark.parametrize("N", [8, 16])
+def test_s4_at_init_is_hippo_legs(N):
+    """The layer's SSM at init is HiPPO-LegS: its kernel equals the dense LegS SSM's, bilinear with
+    the layer's Δ, computed by explicit powers (no DPLR, no Cauchy sums), for the same real C."""
+    h, L = 3, 96
+    torch.manual_seed(0)
+    layer = S4Mixer(h, d_state=N, dt_min=1e-2, dt_max=2e-1)
+    A, B = hippo_legs(N)                                                # (N, N), (N,) fp64
+    c = torch.randn(h, N, dtype=torch.float64)                          # C in the Legendre basis
+    V_half = nplr_legs(N)[3][:, N // 2:]                                # the eigenvectors the layer keeps
+    with torch.no_grad():
+        layer.C.copy_(torch.view_as_real((c.to(V_half.dtype) @ V_half).to(torch.complex64)))
+        K = layer.kernel(L).double()                                    # (h, L)
+        dt = layer.dt.double()
+    Ab, Bb = bilinear(A.expand(h, N, N), B.expand(h, N), dt)
+    expected = ssm_kernel_naive(Ab, Bb, c, L)                           # (h, L) fp64
+    assert (K - expected).abs().max() <= 2e-6 * expected.abs().max()     # fp32: ~1e-6
+    # and the continuous state matrix, taken back to the Legendre basis, is LegS's A itself
+    W = conj_complete(V_half)                                           # (N, N) unitary
+    Lambda, P = (conj_complete(torch.view_as_complex(x.detach()).to(torch.complex128)) for x in (
+        torch.stack([-torch.exp(layer.log_A_real), layer.A_imag], -1), layer.P))
+    A_layer = W @ dplr_dense(Lambda, P, P) @ W.conj().T                 # (h, N, N)
+    assert A_layer.imag.abs().max() < 1e-5 * N
+    torch.testing.assert_close(A_layer.real, A.expand(h, N, N), atol=1e-5 * N, rtol=1e-5)
+
+
+def test_s4_b_clip_clamps_imaginary_b():
+    exact, clipped = S4Mixer(2, d_state=64), S4Mixer(2, d_state=64, b_clip=2.0)
+    B_exact, B_clip = torch.view_as_complex(exact.B), torch.view_as_complex(clipped.B)
+    assert B_exact.imag.abs().max() > 2 and B_clip.imag.abs().max() <= 2
+    torch.testing.assert_close(B_clip.real, B_exact.real)
+    with pytest.raises(ValueError, match="b_clip"):
+        S4Mixer(2, d_state=8, b_clip=0.0)

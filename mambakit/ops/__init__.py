@@ -8,11 +8,14 @@ from mambakit.ops.ssm_kernel import (
 from mambakit.ops.scan import (
     ScanBackend, available_backends, register_backend, selective_scan, selective_scan_ref, selective_state_step,
 )
-# Importing these registers the "parallel" and "cpu" backends (the C++ kernel compiles lazily).
-from mambakit.ops import scan_parallel, scan_cpu  # noqa: F401,E402
+from mambakit.ops.ssd import available_ssd_backends, register_ssd_backend, ssd_scan, ssd_scan_ref, ssd_step
+# Importing these registers the scan's "parallel" and "cpu" backends (the C++ kernel compiles
+# lazily) and SSD's "quadratic" and "chunked" ones.
+from mambakit.ops import scan_parallel, scan_cpu, ssd_chunked  # noqa: F401,E402
 
 __all__ = [
     "selective_scan", "selective_scan_ref", "register_backend", "available_backends", "ScanBackend",
+    "ssd_scan", "ssd_scan_ref", "ssd_step", "register_ssd_backend", "available_ssd_backends",
     "causal_conv1d", "causal_conv1d_step", "selective_state_step",
     "ContinuousSSM", "zoh", "zoh_diag", "bilinear", "bilinear_diag", "simulate",
     "hippo_legs", "hippo_legt", "nplr_legs", "dplr_legs_half", "reconstruction_demo",

@@ -21,13 +21,13 @@ Recurrence (zero-order hold on A, Euler on B as in mamba_ssm):
 """
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mambakit.ops.registry import Backend, BackendRegistry
 
 
 def selective_scan_ref(
@@ -164,61 +164,12 @@ def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initia
 # ----------------------------------------------------------------------------------------------
 # Backends and the one dispatch point.
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class ScanBackend:
-    """A selective-scan implementation. `available(device)` returns None if usable, else why not."""
-
-    name: str
-    fn: Callable
-    available: Callable[[torch.device], Optional[str]]
-    description: str = ""
-
-
-_BACKENDS: dict[str, ScanBackend] = {}
-# Backends tried by backend="auto", best first, per device type.
-_AUTO_ORDER: dict[str, list[str]] = {"cpu": ["ref"], "cuda": ["ref"]}
-_warned: set[str] = set()
-
-
-def register_backend(backend: ScanBackend, auto_for: tuple[str, ...] = (), priority: int = 0) -> None:
-    """Register a backend; `auto_for` lists device types where "auto" should try it first
-    (priority 0 = ahead of everything registered so far)."""
-    _BACKENDS[backend.name] = backend
-    for device_type in auto_for:
-        order = _AUTO_ORDER.setdefault(device_type, ["ref"])
-        if backend.name in order:
-            order.remove(backend.name)
-        order.insert(priority, backend.name)
-
-
-def available_backends(device: torch.device | str = "cpu") -> dict[str, Optional[str]]:
-    """Map every registered backend to None (usable on `device`) or the reason it is not."""
-    device = torch.device(device)
-    return {name: be.available(device) for name, be in _BACKENDS.items()}
-
-
-def resolve_backend(backend: str, device: torch.device) -> ScanBackend:
-    if backend == "auto":
-        for name in _AUTO_ORDER.get(device.type, ["ref"]):
-            be = _BACKENDS.get(name)
-            if be is None:
-                continue
-            reason = be.available(device)
-            if reason is None:
-                return be
-            if name not in _warned:
-                _warned.add(name)
-                warnings.warn(f"selective_scan backend {name!r} unavailable ({reason}); falling back",
-                              RuntimeWarning, stacklevel=3)
-        return _BACKENDS["ref"]
-    if backend not in _BACKENDS:
-        raise ValueError(f"unknown selective_scan backend {backend!r}; choose from "
-                         f"{['auto', *sorted(_BACKENDS)]}")
-    be = _BACKENDS[backend]
-    reason = be.available(device)
-    if reason is not None:
-        raise ValueError(f"selective_scan backend {backend!r} is not available on {device}: {reason}")
-    return be
+ScanBackend = Backend
+REGISTRY = BackendRegistry("selective_scan", ScanBackend(
+    "ref", selective_scan_ref, lambda device: None, "sequential reference in PyTorch (the spec; slow)"))
+register_backend = REGISTRY.register
+available_backends = REGISTRY.available
+resolve_backend = REGISTRY.resolve
 
 
 def selective_scan(
@@ -240,6 +191,3 @@ def selective_scan(
     return impl.fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                    return_last_state=return_last_state, initial_state=initial_state, reset=reset)
 
-
-register_backend(ScanBackend("ref", selective_scan_ref, lambda device: None,
-                             "sequential reference in PyTorch (the spec; slow)"))

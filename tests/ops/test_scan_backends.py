@@ -127,7 +127,7 @@ def test_unavailable_backend_named_explicitly_raises_with_reason():
 
 def test_missing_compiler_falls_back_to_reference_with_one_warning(monkeypatch):
     monkeypatch.setattr(scan_cpu, "_state", {})
-    monkeypatch.setattr(scan, "_warned", set())
+    monkeypatch.setattr(scan.REGISTRY, "warned", set())
     monkeypatch.setenv("CXX", "no-such-compiler-mambakit")
     assert "not found" in available_backends("cpu")["cpu"]
     x = make_inputs(1, 3, 5, 2)

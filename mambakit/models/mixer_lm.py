@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from mambakit.models.base import LanguageModel
@@ -34,6 +35,31 @@ class RecurrentCache:
         """Flat {"layers.i.field": tensor} view, e.g. for saving with safetensors."""
         return {f"layers.{i}.{f.name}": getattr(state, f.name)
                 for i, state in enumerate(self.layers) for f in dataclasses.fields(state)}
+
+    @property
+    def batch_size(self) -> int:
+        first = self.layers[0]
+        return getattr(first, dataclasses.fields(first)[0].name).shape[0]
+
+    # Row operations: every field of every layer's state is batch-first, whatever the mixer, so
+    # these serve any family built on MixerLM (Mamba, S4, S4D, and later ones) unchanged.
+    def select(self, rows: Tensor) -> "RecurrentCache":
+        """A new cache holding rows `rows` (k,) int64 of this one (copies; repeats allowed)."""
+        return RecurrentCache([_map_fields(s, lambda t: t.index_select(0, rows)) for s in self.layers],
+                              self.seqlen_offset)
+
+    @staticmethod
+    def concat(caches: Sequence["RecurrentCache"]) -> "RecurrentCache":
+        """Stack the rows of several caches. Rows may have absorbed different numbers of tokens
+        (a recurrent state does not care); seqlen_offset becomes the largest."""
+        layers = [dataclasses.replace(states[0], **{f.name: torch.cat([getattr(s, f.name) for s in states])
+                                                    for f in dataclasses.fields(states[0])})
+                  for states in zip(*(c.layers for c in caches))]
+        return RecurrentCache(layers, max(c.seqlen_offset for c in caches))
+
+
+def _map_fields(state: Any, fn) -> Any:
+    return dataclasses.replace(state, **{f.name: fn(getattr(state, f.name)) for f in dataclasses.fields(state)})
 
 
 class MixerBackbone(nn.Module):

@@ -8,7 +8,7 @@ has its own config class so config.json's `model_type` says which cell to rebuil
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +74,22 @@ class RNNCache:
 
     def clone(self) -> "RNNCache":
         return RNNCache(tuple(s.clone() for s in self.state), self.seqlen_offset)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"state.{i}": s for i, s in enumerate(self.state)}
+
+    @property
+    def batch_size(self) -> int:
+        return self.state[0].shape[1]
+
+    def select(self, rows: Tensor) -> "RNNCache":
+        """A new cache holding rows `rows` (k,) of this one; the batch is dim 1 of (n_layer, b, d)."""
+        return RNNCache(tuple(s.index_select(1, rows) for s in self.state), self.seqlen_offset)
+
+    @staticmethod
+    def concat(caches: Sequence["RNNCache"]) -> "RNNCache":
+        return RNNCache(tuple(torch.cat(parts, dim=1) for parts in zip(*(c.state for c in caches))),
+                        max(c.seqlen_offset for c in caches))
 
 
 class RNNBackbone(nn.Module):

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.config import LMConfig, pad_to_multiple
@@ -116,6 +117,37 @@ class TransformerCache:
     def clone(self) -> "TransformerCache":
         return TransformerCache([s.clone() for s in self.layers], self.key_mask.clone(),
                                 self.next_position.clone(), self.seqlen_offset)
+
+    def tensors(self) -> dict[str, Tensor]:
+        kv = {f"layers.{i}.{n}": getattr(s, n)[:, :, : self.seqlen_offset]
+              for i, s in enumerate(self.layers) for n in ("k", "v")}
+        return {**kv, "key_mask": self.key_mask[:, : self.seqlen_offset], "next_position": self.next_position}
+
+    @property
+    def batch_size(self) -> int:
+        return self.key_mask.shape[0]
+
+    def select(self, rows: Tensor) -> "TransformerCache":
+        """A new cache holding rows `rows` (k,) of this one (copies; repeats allowed)."""
+        return TransformerCache([KVState(s.k.index_select(0, rows), s.v.index_select(0, rows)) for s in self.layers],
+                                self.key_mask.index_select(0, rows), self.next_position.index_select(0, rows),
+                                self.seqlen_offset)
+
+    @staticmethod
+    def concat(caches: Sequence["TransformerCache"]) -> "TransformerCache":
+        """Stack the rows of several caches. A row whose cache is shorter keeps its keys in the
+        first slots and masked (empty) slots up to the longest: attention only sees key_mask, and
+        each row's positions come from its own next_position, so every row computes as alone."""
+        t = max(c.seqlen_offset for c in caches)
+
+        def slots(x: Tensor, off: int, dim: int) -> Tensor:   # the first `off` slots, padded to t
+            return F.pad(x.narrow(dim, 0, off), (0, 0) * (x.dim() - 1 - dim) + (0, t - off))
+
+        layers = [KVState(*(torch.cat([slots(getattr(c.layers[i], n), c.seqlen_offset, 2) for c in caches])
+                            for n in ("k", "v")))
+                  for i in range(len(caches[0].layers))]
+        return TransformerCache(layers, torch.cat([slots(c.key_mask, c.seqlen_offset, 1) for c in caches]),
+                                torch.cat([c.next_position for c in caches]), t)
 
 
 class TransformerLayer(nn.Module):

@@ -1,7 +1,7 @@
 """mambakit: Mamba and its lineage — RNN, Transformer, SSM, HiPPO/S4, selective scan — on any machine."""
-from mambakit.config import MambaConfig
-from mambakit.models import MambaLM, RNNConfig, RNNLM, TransformerConfig, TransformerLM, build
+from mambakit.config import Mamba2Config, MambaConfig
+from mambakit.models import Mamba2LM, MambaLM, RNNConfig, RNNLM, TransformerConfig, TransformerLM, build
 
 __version__ = "0.1.0"
-__all__ = ["MambaConfig", "MambaLM", "TransformerConfig", "TransformerLM", "RNNConfig", "RNNLM", "build",
+__all__ = ["MambaConfig", "MambaLM", "Mamba2Config", "Mamba2LM", "TransformerConfig", "TransformerLM", "RNNConfig", "RNNLM", "build",
            "__version__"]

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mambakit.config import ConfigBase, MambaConfig
+from mambakit.config import ConfigBase, Mamba2Config, MambaConfig
 from mambakit.models.base import LanguageModel
 from mambakit.models.mamba_lm import MambaCache, MambaLM
+from mambakit.models.mamba2_lm import Mamba2LM
 from mambakit.models.rnn_lm import GRUConfig, GRULM, LSTMConfig, LSTMLM, RNNConfig, RNNLM
 from mambakit.models.s4_lm import S4Config, S4DConfig, S4DLM, S4LM
 from mambakit.models.transformer_lm import TransformerConfig, TransformerLM
@@ -13,6 +14,7 @@ from mambakit.models.transformer_lm import TransformerConfig, TransformerLM
 # name -> model class; the class's config_class.model_type is what config.json records.
 REGISTRY: dict[str, type[LanguageModel]] = {
     "mamba": MambaLM,
+    "mamba2": Mamba2LM,
     "s4": S4LM,
     "s4d": S4DLM,
     "transformer": TransformerLM,
@@ -50,6 +52,6 @@ from mambakit.models.budget import configs_for_budget  # noqa: E402
 
 __all__ = ["REGISTRY", "build", "config_for", "configs_for_budget", "from_config", "model_class",
            "LanguageModel",
-           "MambaLM", "MambaCache", "MambaConfig", "S4LM", "S4DLM", "S4Config", "S4DConfig",
+           "MambaLM", "MambaCache", "MambaConfig", "Mamba2LM", "Mamba2Config", "S4LM", "S4DLM", "S4Config", "S4DConfig",
            "TransformerLM", "TransformerConfig", "RNNLM", "RNNConfig", "GRULM", "GRUConfig",
            "LSTMLM", "LSTMConfig"]

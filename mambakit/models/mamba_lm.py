@@ -11,6 +11,23 @@ from mambakit.config import MambaConfig
 from mambakit.models.mixer_lm import MixerLM, RecurrentCache
 from mambakit.modules.mamba import MambaMixer
 
+
+@torch.no_grad()
+def init_mamba_weights(model: MixerLM) -> None:
+    """mamba_ssm's _init_weights (Mamba-1 and Mamba-2 alike): zero linear biases (except Δ's),
+    N(0, 0.02) embeddings, and out_proj rescaled by 1/sqrt(n_layer) so the residual stream's
+    variance stays bounded."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.bias is not None \
+                and not getattr(module.bias, "_no_reinit", False):
+            nn.init.zeros_(module.bias)
+    nn.init.normal_(model.backbone.embedding.weight, std=0.02)
+    for layer in model.backbone.layers:
+        w = layer.mixer.out_proj.weight
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        w /= math.sqrt(model.config.n_layer)
+
+
 # The cache type of MambaLM: one MambaState (conv, ssm) per layer.
 MambaCache = RecurrentCache
 
@@ -21,25 +38,11 @@ class MambaLM(MixerLM):
 
     def __init__(self, config: MambaConfig):
         super().__init__(config)
-        self._init_weights()
+        init_mamba_weights(self)
         self.tie_weights()
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
         return MambaMixer(self.config, layer_idx)
-
-    @torch.no_grad()
-    def _init_weights(self) -> None:
-        # mamba_ssm's _init_weights: zero linear biases (except Δ's), N(0, 0.02) embeddings, and
-        # out_proj rescaled by 1/sqrt(n_layer) so the residual stream's variance stays bounded.
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and module.bias is not None \
-                    and not getattr(module.bias, "_no_reinit", False):
-                nn.init.zeros_(module.bias)
-        nn.init.normal_(self.backbone.embedding.weight, std=0.02)
-        for layer in self.backbone.layers:
-            w = layer.mixer.out_proj.weight
-            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            w /= math.sqrt(self.config.n_layer)
 
     def set_scan_backend(self, backend: str) -> None:
         """Choose the selective-scan backend for every layer ("auto", "ref", "cpu", ...)."""

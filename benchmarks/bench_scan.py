@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mambakit.io.atomic import atomic_write, atomic_write_text
-from mambakit.ops import scan_cpu, selective_scan
+from mambakit.ops import selective_scan
 
 IMPLS = ["cpu", "parallel", "ref", "mambapy", "hf_slow"]
 # Longest L measured (forward, forward+backward); longer ones are extrapolated linearly.
@@ -133,8 +133,8 @@ def _timed(f) -> float:
 
 def compile_time() -> dict:
     """One-time build of the fused kernel in an empty cache, then a second process that reuses it."""
-    code = ("import torch; from mambakit.ops import scan_cpu; r = scan_cpu.available(torch.device('cpu'));"
-            "print(scan_cpu.compile_seconds(), r)")
+    code = ("import torch; from mambakit.ops import cpu_kernels; r = cpu_kernels.available(torch.device('cpu'));"
+            "print(cpu_kernels.compile_seconds(), r)")
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "MAMBAKIT_CACHE": tmp}
         first, second = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

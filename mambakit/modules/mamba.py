@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.config import MambaConfig
-from mambakit.ops import causal_conv1d, causal_conv1d_step, selective_scan, selective_state_step
-from mambakit.ops.step_cpu import conv_step_cpu, fused_step_usable, ssm_step_cpu
+from mambakit.ops import causal_conv1d, causal_conv1d_step, selective_scan, selective_state_update
 
 
 @dataclass
@@ -109,20 +108,19 @@ class MambaMixer(nn.Module):
         """One token: hidden (b, d_model) -> (b, d_model), updating `state`. O(1) in l."""
         xz = self.in_proj(hidden)                                      # (b, 2 d_in)
         d_in, n, r = self.d_inner, self.d_state, self.dt_rank
-        conv_w = self.conv1d.weight[:, 0, :]                           # (d_in, k)
-        if self.scan_backend in ("auto", "cpu") and fused_step_usable(xz, state.conv, state.ssm, conv_w):
-            # Same maths as the branch below, in two fused CPU kernels (ops/step_cpu.py).
-            x, state.conv = conv_step_cpu(xz[:, :d_in], state.conv, conv_w, self.conv1d.bias)
-            x_dbl = self.x_proj(x)                                     # (b, r + 2n)
-            dt = F.linear(x_dbl[:, :r], self.dt_proj.weight)           # (b, d_in)
-            y, state.ssm = ssm_step_cpu(state.ssm, x, dt, self.dt_proj.bias, self.A_log,
-                                        x_dbl[:, r:r + n], x_dbl[:, r + n:], self.D, xz[:, d_in:])
-            return self.out_proj(y)
-        x, z = xz.chunk(2, dim=-1)                                     # (b, d_in)
-        x, state.conv = causal_conv1d_step(x, state.conv, conv_w, self.conv1d.bias)
-        x = F.silu(x)
-        dt, B, C = self._ssm_params(x)
-        dt = F.softplus(dt.float() + self.dt_proj.bias.float())
-        y, state.ssm = selective_state_step(state.ssm, x, dt, -torch.exp(self.A_log.float()), B, C,
-                                            self.D, z)
+        backend = self.step_backend
+        x, state.conv = causal_conv1d_step(xz[:, :d_in], state.conv, self.conv1d.weight[:, 0, :],
+                                           self.conv1d.bias, activation="silu", backend=backend)
+        x_dbl = self.x_proj(x)                                         # (b, r + 2n)
+        dt = F.linear(x_dbl[:, :r], self.dt_proj.weight)               # (b, d_in)
+        # B, C and z stay views into the matmul outputs: the fused backend reads them in place.
+        y, state.ssm = selective_state_update(
+            state.ssm, x, dt, -torch.exp(self.A_log.float()), x_dbl[:, r:r + n], x_dbl[:, r + n:],
+            self.D, z=xz[:, d_in:], dt_bias=self.dt_proj.bias, dt_softplus=True, backend=backend)
         return self.out_proj(y)
+
+    @property
+    def step_backend(self) -> str:
+        """The decode step ops' backend: "ref" (the specs) when the scan is pinned to its reference,
+        else the best one for the device."""
+        return "ref" if self.scan_backend == "ref" else "auto"

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mambakit.ops.registry import Backend, BackendRegistry
+
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                   initial_state: Optional[Tensor] = None,
@@ -34,14 +36,40 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     return y, xp[..., xp.shape[-1] - (k - 1):]
 
 
-def causal_conv1d_step(x: Tensor, state: Tensor, weight: Tensor,
-                       bias: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """One decode step: x (b, d), state (b, d, k-1) -> (y (b, d), new state (b, d, k-1))."""
+def causal_conv1d_step_ref(x: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                           activation: Optional[str] = None) -> tuple[Tensor, Tensor]:
+    """The spec of one decode step: x (b, d), state (b, d, k-1) -> (y (b, d), new state (b, d, k-1))."""
     window = torch.cat([state.to(x.dtype), x[..., None]], dim=-1)       # (b, d, k)
     y = (window * weight.to(x.dtype)).sum(-1)
     if bias is not None:
         y = y + bias.to(x.dtype)
-    return y, window[..., 1:]
+    return (F.silu(y) if activation == "silu" else y), window[..., 1:]
+
+
+STEP_REGISTRY = BackendRegistry("causal_conv1d_step", Backend(
+    "ref", causal_conv1d_step_ref, lambda device: None, "PyTorch reference (the spec)"))
+
+
+def causal_conv1d_step(x: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                       activation: Optional[str] = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """One decode step (causal_conv1d_update's maths with a (b, d, k-1) state that is not
+    mutated): x (b, d), state (b, d, k-1), weight (d, k), bias (d,), activation None | "silu"
+    -> (y (b, d), new state (b, d, k-1))."""
+    def fail(msg: str):
+        raise ValueError(f"causal_conv1d_step: {msg}")
+
+    if x.dim() != 2 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        fail(f"x must be (b, d) and weight (d, k), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    b, d = x.shape
+    k = weight.shape[1]
+    if tuple(state.shape) != (b, d, k - 1):
+        fail(f"state must have shape {(b, d, k - 1)}, got {tuple(state.shape)}")
+    if bias is not None and tuple(bias.shape) != (d,):
+        fail(f"bias must have shape {(d,)}, got {tuple(bias.shape)}")
+    if activation not in (None, "silu"):
+        fail(f"activation must be None or 'silu', got {activation!r}")
+    impl = STEP_REGISTRY.resolve(backend, x.device)
+    return impl.fn(x, state, weight, bias, activation=activation)
 
 
 def _causal_conv1d_packed(xp: Tensor, weight: Tensor, bias: Optional[Tensor], reset: Tensor) -> Tensor:

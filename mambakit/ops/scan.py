@@ -74,24 +74,6 @@ def selective_scan_ref(
     return (y, h) if return_last_state else y
 
 
-def selective_state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                         D: Optional[Tensor] = None, z: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """One recurrent S6 step (Δ already bias-added and softplus'd).
-
-    state (b, d, n) fp32, x/dt/z (b, d), A (d, n), B/C (b, n) -> (y (b, d), new state (b, d, n)).
-    """
-    dt = dt.float()
-    dA = torch.exp(dt[..., None] * A.float())                            # Ā: (b, d, n)
-    dBx = dt[..., None] * B.float()[:, None, :] * x.float()[..., None]   # B̄ x: (b, d, n)
-    state = dA * state + dBx
-    y = (state * C.float()[:, None, :]).sum(-1)                          # (b, d)
-    if D is not None:
-        y = y + D.float() * x.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(x.dtype), state
-
-
 def _expand_groups(X: Tensor, d: int) -> Tensor:
     """(b, n, l) or (b, g, n, l) -> (b, d, n, l): group j serves channels [j*d/g, (j+1)*d/g)."""
     if X.dim() == 3:

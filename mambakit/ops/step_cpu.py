@@ -1,76 +1,81 @@
-"""Fused one-token Mamba decode step on CPU (csrc/decode_step.cpp, built with the scan kernels).
+"""The fused CPU backends of the one-token decode ops (csrc/decode_step.cpp via ops/cpu_kernels.py).
 
-Two calls per layer replace ~30 tiny eager ops between the mixer's matmuls. Reference twins:
-`causal_conv1d_step` (ops/conv.py) and `selective_state_step` (ops/scan.py); tests compare them.
-fp32 CPU tensors only; callers fall back to the twins otherwise (and whenever autograd needs them).
+Two calls per layer replace ~30 tiny eager ops between the mixer's matmuls:
+`selective_state_update` backend "cpu" (twin: selective_state_update_ref) and
+`causal_conv1d_step` backend "cpu" (twin: causal_conv1d_step_ref); tests compare them.
+
+The kernels compute in fp32 and are not differentiable: when autograd needs the result, or for
+fp64 inputs (kept exact for gradcheck), these backends hand the call to the reference twin.
+bf16/fp16 activations are upcast to fp32 for the state update (the state is fp32 anyway).
 """
 from __future__ import annotations
 
-import ctypes
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-_P, _I = ctypes.c_void_p, ctypes.c_int64
+from mambakit.ops.conv import STEP_REGISTRY, causal_conv1d_step_ref
+from mambakit.ops.cpu_kernels import available, library, ptr
+from mambakit.ops.registry import Backend
+from mambakit.ops.state_update import REGISTRY, selective_state_update_ref
+
+_F32 = torch.float32
 
 
-def declare_step_kernels(lib: ctypes.CDLL) -> None:
-    lib.mk_conv_step_f32.argtypes = [_P, _I, _P, _P, _P, _P, _P, _I, _I, _I]
-    lib.mk_ssm_step_f32.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P, _I, _P, _I, _I, _I]
-    lib.mk_conv_step_f32.restype = lib.mk_ssm_step_f32.restype = None
+def _needs_reference(*tensors: Optional[Tensor]) -> bool:
+    present = [t for t in tensors if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        return True  # autograd needs the differentiable reference ops
+    return any(t.dtype == torch.float64 for t in present)
 
 
-def _library():
-    from mambakit.ops import scan_cpu
-
-    return scan_cpu._library()
-
-
-def fused_step_usable(*tensors: Tensor) -> bool:
-    """True when the fused kernels can stand in for the reference step on these tensors."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False  # autograd needs the differentiable reference ops
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        return False
-    return _library() is not None
+def _rows(t: Tensor) -> Tensor:
+    """t with a stride-1 last dimension: views into matmul outputs pass through without a copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _ptr(t: Optional[Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
-
-
-def _rows(t: Tensor, name: str) -> int:
-    """Row stride of a (b, m) view whose rows are stride-1 (e.g. a column slice of a matmul output)."""
-    if t.dim() != 2 or t.stride(1) != 1:
-        raise ValueError(f"fused decode step: {name} must be (b, m) with stride-1 rows")
-    return t.stride(0)
-
-
-def conv_step_cpu(x: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """SiLU(causal_conv1d_step(...)): x (b, d) view, state (b, d, k-1), weight (d, k) ->
-    (y (b, d), new state (b, d, k-1))."""
+def conv_step_cpu(x: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                  activation: Optional[str] = None) -> tuple[Tensor, Tensor]:
+    """causal_conv1d_step in one pass: x (b, d) (a row-strided view is fine), state (b, d, k-1),
+    weight (d, k) -> (y (b, d), new state (b, d, k-1)); shapes checked by the dispatcher."""
+    if _needs_reference(x, state, weight, bias) or any(
+            t.dtype != _F32 for t in (x, state, weight) + (() if bias is None else (bias,))):
+        return causal_conv1d_step_ref(x, state, weight, bias, activation=activation)
     b, d = x.shape
     k = weight.shape[-1]
-    state, weight = state.contiguous(), weight.contiguous()
+    x, state, weight = _rows(x), state.contiguous(), weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
     y, new_state = x.new_empty(b, d), torch.empty_like(state)
-    _library().mk_conv_step_f32(_ptr(x), _rows(x, "x"), _ptr(state), _ptr(new_state), _ptr(weight),
-                                _ptr(bias), _ptr(y), b, d, k)
+    library().mk_conv_step_f32(ptr(x), x.stride(0), ptr(state), ptr(new_state), ptr(weight), ptr(bias),
+                               ptr(y), b, d, k, int(activation == "silu"))
     return y, new_state
 
 
-def ssm_step_cpu(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Optional[Tensor], A_log: Tensor,
-                 B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """selective_state_step with Δ = softplus(dt + dt_bias) and A = -exp(A_log), fused:
-    state (b, d, n), x/dt (b, d), B/C (b, n) views sharing one row stride, z (b, d) view ->
-    (y (b, d), new state (b, d, n))."""
-    b, d = x.shape
-    n = A_log.shape[1]
-    if B.stride(0) != C.stride(0):
-        raise ValueError("fused decode step: B and C must share a row stride")
-    state, x, dt, A_log = state.contiguous(), x.contiguous(), dt.contiguous(), A_log.contiguous()
-    y, new_state = x.new_empty(b, d), torch.empty_like(state)
-    _library().mk_ssm_step_f32(_ptr(state), _ptr(new_state), _ptr(x), _ptr(dt), _ptr(dt_bias),
-                               _ptr(A_log), _ptr(B), _ptr(C), _rows(B, "B"), _ptr(D), _ptr(z),
-                               0 if z is None else _rows(z, "z"), _ptr(y), b, d, n)
-    return y, new_state
+def state_update_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                     D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                     dt_bias: Optional[Tensor] = None, dt_softplus: bool = False) -> tuple[Tensor, Tensor]:
+    """selective_state_update in one pass per channel; same contract as the reference. x, dt, z,
+    B, C may be row-strided views (e.g. into x_proj's output); shapes checked by the dispatcher."""
+    if _needs_reference(state, x, dt, A, B, C, D, z, dt_bias):
+        return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    b, d, n = state.shape
+
+    def f32(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else _rows(t.to(_F32))
+
+    xf, dt, z, B, C = f32(x), f32(dt), f32(z), f32(B), f32(C)
+    state, A = state.to(_F32).contiguous(), A.to(_F32).contiguous()
+    D = None if D is None else D.to(_F32).contiguous()
+    dt_bias = None if dt_bias is None else dt_bias.to(_F32).contiguous()
+    B3, C3 = (B, C) if B.dim() == 3 else (B[:, None], C[:, None])          # (b, g, n)
+    y, new_state = xf.new_empty(b, d), torch.empty_like(state)
+    library().mk_state_update_f32(
+        ptr(state), ptr(new_state), ptr(xf), xf.stride(0), ptr(dt), dt.stride(0), ptr(dt_bias),
+        int(dt_softplus), ptr(A), ptr(B3), B3.stride(0), B3.stride(1), ptr(C3), C3.stride(0),
+        C3.stride(1), B3.shape[1], ptr(D), ptr(z), 0 if z is None else z.stride(0), ptr(y), b, d, n)
+    return y.to(x.dtype), new_state
+
+
+REGISTRY.register(Backend("cpu", state_update_cpu, available, "fused C++/OpenMP kernel"), auto_for=("cpu",))
+STEP_REGISTRY.register(Backend("cpu", conv_step_cpu, available, "fused C++/OpenMP kernel"), auto_for=("cpu",))

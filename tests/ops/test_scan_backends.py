@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mambakit.ops import available_backends, scan, scan_cpu, selective_scan
+from mambakit.ops import available_backends, cpu_kernels, scan, selective_scan
 from tests.conftest import tiny_mamba
 
 FAST = ["cpu", "parallel"]
@@ -126,7 +126,7 @@ def test_unavailable_backend_named_explicitly_raises_with_reason():
 
 
 def test_missing_compiler_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setattr(scan_cpu, "_state", {})
+    monkeypatch.setattr(cpu_kernels, "_state", {})
     monkeypatch.setattr(scan.REGISTRY, "warned", set())
     monkeypatch.setenv("CXX", "no-such-compiler-mambakit")
     assert "not found" in available_backends("cpu")["cpu"]
@@ -138,16 +138,24 @@ def test_missing_compiler_falls_back_to_reference_with_one_warning(monkeypatch):
         selective_scan(**x, backend="cpu")
 
 
-def test_compiled_kernel_is_cached_across_processes(monkeypatch, tmp_path):
+def test_compiled_kernels_are_cached_verified_and_rebuilt_when_corrupt(monkeypatch, tmp_path):
     monkeypatch.setenv("MAMBAKIT_CACHE", str(tmp_path))
-    monkeypatch.setattr(scan_cpu, "_state", {})
-    assert scan_cpu.available(torch.device("cpu")) is None
-    assert scan_cpu.compile_seconds() is not None          # built now ...
-    assert len(list(tmp_path.glob("selective_scan-*.so"))) == 1
-    assert not list(tmp_path.glob("*.tmp"))                 # ... atomically (no temp left behind)
-    monkeypatch.setattr(scan_cpu, "_state", {})             # a fresh process
-    assert scan_cpu.available(torch.device("cpu")) is None
-    assert scan_cpu.compile_seconds() is None               # ... and reused from the cache
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    assert cpu_kernels.available(torch.device("cpu")) is None
+    assert cpu_kernels.compile_seconds() is not None       # built now ...
+    [so] = tmp_path.glob("mambakit-kernels-*.so")
+    assert not list(tmp_path.glob(".*.tmp"))                # ... atomically (no temp left behind)
+    monkeypatch.setattr(cpu_kernels, "_state", {})          # a fresh process
+    assert cpu_kernels.available(torch.device("cpu")) is None
+    assert cpu_kernels.compile_seconds() is None            # ... reuses the cache
+    with open(so, "r+b") as f:                              # a flipped byte, same size
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    assert cpu_kernels.available(torch.device("cpu")) is None
+    assert cpu_kernels.compile_seconds() is not None       # ... and rebuilds a corrupt one
 
 
 def test_mamba_lm_same_logits_and_grads_with_ref_and_cpu_backends():

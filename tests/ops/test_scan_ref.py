@@ -3,8 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mambakit.ops import selective_scan, selective_scan_ref
-from mambakit.ops.scan import selective_state_step
+from mambakit.ops import selective_scan, selective_scan_ref, selective_state_update
 
 
 def random_inputs(b=2, d=5, l=7, n=3, groups=None, seed=0):
@@ -61,10 +60,10 @@ def test_recurrent_step_equals_scan():
     x = random_inputs(l=6)
     out, last = selective_scan_ref(**x, delta_softplus=True, return_last_state=True)
     h = torch.zeros(2, 5, 3)
-    delta = F.softplus(x["delta"] + x["delta_bias"][:, None])
     for t in range(6):
-        y, h = selective_state_step(h, x["u"][..., t], delta[..., t], x["A"], x["B"][..., t],
-                                    x["C"][..., t], x["D"], x["z"][..., t])
+        y, h = selective_state_update(h, x["u"][..., t], x["delta"][..., t], x["A"], x["B"][..., t],
+                                      x["C"][..., t], x["D"], x["z"][..., t], dt_bias=x["delta_bias"],
+                                      dt_softplus=True, backend="ref")
         torch.testing.assert_close(y, out[..., t], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h, last)
 

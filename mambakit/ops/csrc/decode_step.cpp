@@ -1,15 +1,15 @@
 // One-token Mamba decode step on CPU: the elementwise work between the mixer's matmuls, fused.
 //
-// A decode step of a 130M Mamba is ~20 ms of memory-bound matrix-vector products and, in eager
-// PyTorch, ~7 ms of some 30 tiny elementwise ops per layer (conv window shift, SiLU, softplus,
-// exp(ΔA), state update, C·h, D skip, gate). These two kernels do that work in one pass each, so
-// a step costs its matmuls plus two calls per layer. Reference twins: causal_conv1d_step and
-// selective_state_step in mambakit/ops (tests compare them).
+// A decode step of a 130M Mamba is memory-bound matrix-vector products plus, in eager PyTorch,
+// some 30 tiny elementwise ops per layer (conv window shift, SiLU, softplus, exp(ΔA), state
+// update, C·h, D skip, gate). These two kernels do that work in one pass each. Reference twins:
+// causal_conv1d_step_ref (ops/conv.py) and selective_state_update_ref (ops/state_update.py);
+// tests compare them. The Python side (ops/step_cpu.py) checks every shape before calling.
 //
 // Layouts: rows of batch i at `x + i * x_stride` etc., so views into in_proj's (b, 2 d) output
-// and x_proj's (b, r + 2n) output are read in place. conv states (b, d, k-1), conv_w (d, k),
-// ssm states (b, d, n), A_log (d, n) contiguous. New states go to separate buffers (they may alias
-// the old ones), so a state someone still holds is never changed behind their back.
+// and x_proj's (b, r + 2n) output are read in place; the last dimension is always stride 1.
+// conv states (b, d, k-1), conv_w (d, k), ssm states (b, d, n), A (d, n) contiguous. New states
+// go to separate buffers, so a state someone still holds is never changed behind their back.
 #include <cstdint>
 
 #include "fastmath.h"
@@ -18,9 +18,10 @@ using namespace mk;
 
 extern "C" {
 
-// y = SiLU(conv_w · [state, x] + bias); state_out = last k-1 inputs. x row stride x_stride.
+// y = conv_w · [state, x] + bias (then SiLU if silu); state_out = last k-1 inputs.
 void mk_conv_step_f32(const float* x, int64_t x_stride, const float* state, float* state_out,
-                      const float* w, const float* bias, float* y, int64_t b, int64_t d, int64_t k) {
+                      const float* w, const float* bias, float* y, int64_t b, int64_t d, int64_t k,
+                      int32_t silu) {
 #pragma omp parallel for if (b * d >= 1024) schedule(static)
   for (int64_t bc = 0; bc < b * d; ++bc) {
     const int64_t i = bc / d, c = bc % d;
@@ -33,27 +34,33 @@ void mk_conv_step_f32(const float* x, int64_t x_stride, const float* state, floa
     acc += wc[k - 1] * xt;
     for (int64_t j = 0; j + 1 < k - 1; ++j) so[j] = s[j + 1];  // forward copy: safe if aliased
     if (k > 1) so[k - 2] = xt;
-    y[bc] = acc * sigmoid_(acc);
+    y[bc] = silu ? acc * sigmoid_(acc) : acc;
   }
 }
 
-// Δ = softplus(dt + dt_bias); h' = exp(Δ A) h + Δ B x; y = (C·h' + D x) · SiLU(z), A = -exp(A_log).
-// B, C rows at stride bc_stride (views into x_proj's output); z row stride z_stride.
-void mk_ssm_step_f32(const float* h, float* h_out, const float* x, const float* dt, const float* dt_bias,
-                     const float* A_log, const float* B, const float* C, int64_t bc_stride,
-                     const float* D, const float* z, int64_t z_stride, float* y, int64_t b,
-                     int64_t d, int64_t n) {
+// mamba_ssm's selective_state_update: Δ = dt + dt_bias (softplus'd if softplus);
+// h' = exp(Δ A) h + Δ B x; y = (C·h' + D x) · SiLU(z). Channel c reads B/C group c / (d / g).
+void mk_state_update_f32(const float* h, float* h_out, const float* x, int64_t x_stride,
+                         const float* dt, int64_t dt_stride, const float* dt_bias, int32_t softplus,
+                         const float* A, const float* B, int64_t B_bstride, int64_t B_gstride,
+                         const float* C, int64_t C_bstride, int64_t C_gstride, int64_t g,
+                         const float* D, const float* z, int64_t z_stride, float* y, int64_t b,
+                         int64_t d, int64_t n) {
+  const int64_t per_group = d / g;
 #pragma omp parallel for if (b * d * n >= (1 << 12)) schedule(static)
   for (int64_t bc = 0; bc < b * d; ++bc) {
-    const int64_t i = bc / d, c = bc % d;
-    const float xt = x[bc], delta = softplus_(dt[bc] + (dt_bias ? dt_bias[c] : 0.0f));
-    const float *Bi = B + i * bc_stride, *Ci = C + i * bc_stride, *Al = A_log + c * n;
-    const float* hc = h + bc * n;
+    const int64_t i = bc / d, c = bc % d, grp = c / per_group;
+    const float xt = x[i * x_stride + c];
+    float delta = dt[i * dt_stride + c] + (dt_bias ? dt_bias[c] : 0.0f);
+    if (softplus) delta = softplus_(delta);
+    const float *Bi = B + i * B_bstride + grp * B_gstride, *Ci = C + i * C_bstride + grp * C_gstride;
+    const float *Ac = A + c * n, *hc = h + bc * n;
     float* ho = h_out + bc * n;
+    const float dx = delta * xt;
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
     for (int64_t k = 0; k < n; ++k) {
-      const float hk = exp_(-delta * exp_(Al[k])) * hc[k] + delta * Bi[k] * xt;
+      const float hk = exp_(delta * Ac[k]) * hc[k] + Bi[k] * dx;
       ho[k] = hk;
       acc += hk * Ci[k];
     }

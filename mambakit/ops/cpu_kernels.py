@@ -1,0 +1,159 @@
+"""The one home of the compiled CPU kernels: builds, caches, loads and declares every C++ symbol.
+
+Why plain C++ loaded with ctypes rather than a torch extension or numba: it needs only a system
+g++ (no torch headers, no ninja, no new dependency), compiles in seconds instead of ~40 s, and is
+compiled with -march=native for the CPU it runs on (AVX2-only and AVX-512 machines both occur).
+
+All sources in csrc/ link into one shared object, cached in ~/.cache/mambakit/ (or
+$MAMBAKIT_CACHE) under a hash of sources, flags, compiler and CPU. It is written atomically (temp
+file + rename) beside a `.sum` file holding its size and sha256; a cached object whose size or
+hash no longer matches (a truncated copy, a disk error) is rebuilt, never loaded. If g++ is
+missing or compilation fails, `available()` says why and the ops' "auto" falls back to "ref".
+
+Leaves on top of this module: scan_cpu.py (selective scan fwd/bwd), step_cpu.py (one-token decode
+step). A new kernel is a csrc/ file plus its entry in `_SIGNATURES`.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp"]  # linked into one library
+HEADERS = [CSRC / "fastmath.h"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]
+
+
+class ScanArgs(ctypes.Structure):
+    """Mirror of `struct ScanArgs` in selective_scan.cpp (order and types must match)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0", "reset", "out", "last", "ckpt", "v",
+        "dout", "dlast", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dh0")] + \
+        [(name, ctypes.c_int64) for name in ("b", "d", "l", "n", "g", "chunk")] + \
+        [("softplus", ctypes.c_int32), ("threads", ctypes.c_int32)]
+
+
+_P, _I, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+_SCAN = [ctypes.POINTER(ScanArgs)]
+# Every exported symbol and its argument types (all return void).
+_SIGNATURES = {
+    "mk_scan_fwd_f32": _SCAN, "mk_scan_fwd_f64": _SCAN,
+    "mk_scan_bwd_f32": _SCAN, "mk_scan_bwd_f64": _SCAN,
+    # x, x_stride, state, state_out, w, bias, y, b, d, k, silu
+    "mk_conv_step_f32": [_P, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I32],
+    # state, state_out, x, x_stride, dt, dt_stride, dt_bias, softplus, A,
+    # B, B_bstride, B_gstride, C, C_bstride, C_gstride, g, D, z, z_stride, y, b, d, n
+    "mk_state_update_f32": [_P, _P, _P, _I, _P, _I, _P, _I32, _P,
+                            _P, _I, _I, _P, _I, _I, _I, _P, _P, _I, _P, _I, _I, _I],
+}
+
+_lock = threading.Lock()
+_state: dict = {}  # "lib" -> loaded CDLL, or "error" -> why not; plus "compile_seconds"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MAMBAKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mambakit")
+    return Path(root)
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
+def _fingerprint(path: Path) -> str:
+    """"<size> <sha256>" of a file: what the `.sum` beside a cached object records."""
+    data = path.read_bytes()
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+
+
+def _cached_ok(target: Path, checksum: Path) -> bool:
+    try:
+        return checksum.read_text().strip() == _fingerprint(target)
+    except OSError:
+        return False
+
+
+def _build(cxx: str) -> Path:
+    """Compile the kernels (or reuse a verified cached build) and return the shared object's path."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    texts = [p.read_text() for p in SOURCES + HEADERS]
+    key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version, platform.machine(),
+                                    _cpu_flags()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"mambakit-kernels-{key}.so"
+    checksum = target.with_name(target.name + ".sum")
+    if _cached_ok(target, checksum):
+        return target
+
+    # Compile beside the target, then rename: concurrent processes never load half a file. The
+    # checksum goes last, so a crash in between leaves an unverified object that is rebuilt.
+    # (Inline rather than mambakit.io.atomic: ops/ sits below io/ and imports nothing from it.)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp_sum = checksum.with_name(f".{checksum.name}.{os.getpid()}.tmp")
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([cxx, *FLAGS, *map(str, SOURCES), "-o", str(tmp)], capture_output=True,
+                              text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-500:]}")
+        tmp_sum.write_text(_fingerprint(tmp))
+        os.replace(tmp, target)
+        os.replace(tmp_sum, checksum)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_sum.unlink(missing_ok=True)
+    _state["compile_seconds"] = time.perf_counter() - start
+    return target
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernel library with every symbol declared, or None (then `available` says why)."""
+    with _lock:
+        if "lib" not in _state and "error" not in _state:
+            cxx = os.environ.get("CXX", "g++")
+            if shutil.which(cxx) is None:
+                _state["error"] = f"C++ compiler {cxx!r} not found (install g++ or set CXX)"
+            else:
+                try:
+                    lib = ctypes.CDLL(str(_build(cxx)))
+                    for name, argtypes in _SIGNATURES.items():
+                        fn = getattr(lib, name)
+                        fn.argtypes, fn.restype = argtypes, None
+                    _state["lib"] = lib
+                except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as exc:
+                    _state["error"] = f"could not build the fused kernels: {exc}"
+        return _state.get("lib")
+
+
+def available(device: torch.device) -> Optional[str]:
+    """None if the compiled kernels can run on `device`, else the reason (compiles on first call)."""
+    if device.type != "cpu":
+        return f"runs on CPU tensors only, got {device.type}"
+    return None if library() is not None else _state["error"]
+
+
+def compile_seconds() -> Optional[float]:
+    """Seconds this process spent compiling the kernels (None if they came from the cache)."""
+    return _state.get("compile_seconds")
+
+
+def ptr(t: Optional[Tensor]) -> Optional[int]:
+    """Address of a tensor's first element (None -> NULL) for a ctypes call."""
+    return None if t is None else t.data_ptr()

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from mambakit.checks import require_finite, require_int
+
 
 @dataclass
 class ConfigBase:
@@ -22,6 +24,9 @@ class ConfigBase:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # every float field, whether validate() names it or not
+            if isinstance(getattr(self, f.name), float):
+                require_finite(f"{type(self).__name__}.{f.name}", getattr(self, f.name))
         self.validate()
 
     def validate(self) -> None:  # overridden by each family
@@ -29,19 +34,11 @@ class ConfigBase:
 
     # -- helpers for validate() -------------------------------------------------------------
     def _require_int(self, name: str, minimum: int = 1) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{type(self).__name__}.{name} must be an int, got {value!r}")
-        if value < minimum:
-            raise ValueError(f"{type(self).__name__}.{name} must be >= {minimum}, got {value}")
+        require_int(f"{type(self).__name__}.{name}", getattr(self, name), minimum)
 
     def _require_float(self, name: str, low: float = 0.0, low_inclusive: bool = False) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{type(self).__name__}.{name} must be a number, got {value!r}")
-        if value < low or (value == low and not low_inclusive):
-            bound = ">=" if low_inclusive else ">"
-            raise ValueError(f"{type(self).__name__}.{name} must be {bound} {low}, got {value}")
+        # finite too: a nan norm_epsilon in a config.json would make every output nan
+        require_finite(f"{type(self).__name__}.{name}", getattr(self, name), low, low_inclusive)
 
     def _require_bool(self, *names: str) -> None:
         for name in names:

@@ -28,6 +28,8 @@ def test_round_trip_through_json(tmp_path):
     ({"dt_rank": "big"}, r"dt_rank must be an int"),
     ({"rms_norm": "yes"}, r"rms_norm must be true/false"),
     ({"model_type": "transformer"}, r"model_type 'transformer'"),
+    ({"norm_epsilon": float("nan")}, r"norm_epsilon must be a finite number, got nan"),
+    ({"dt_scale": float("inf")}, r"dt_scale must be a finite number, got inf"),
 ])
 def test_bad_configs_name_the_field(data, match):
     with pytest.raises(ValueError, match=match):
@@ -37,3 +39,16 @@ def test_bad_configs_name_the_field(data, match):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown MambaConfig preset"):
         MambaConfig.preset("7b")
+
+
+def test_non_finite_float_in_any_family_config_json_is_refused(tmp_path):
+    # before: NaN in config.json (json accepts it) was loaded and the model emitted NUL bytes
+    from mambakit.models import REGISTRY, model_class
+
+    for name in REGISTRY:
+        cls = model_class(name).config_class
+        floats = [k for k, v in cls.preset("tiny").to_dict().items() if isinstance(v, float)]
+        for key in floats:
+            (tmp_path / "config.json").write_text(json.dumps({**cls.preset("tiny").to_dict(), key: float("nan")}))
+            with pytest.raises(ValueError, match=f"{key} must be a finite number"):
+                cls.load(tmp_path / "config.json")

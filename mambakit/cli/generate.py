@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mambakit.cli.common import emit_json, load_model_and_tokenizer, non_negative_float, positive_int
+from mambakit.cli.common import (emit_json, finite_float, load_model_and_tokenizer, non_negative_float,
+                                 positive_int, seed_int)
 
 
 def add_parser(sub) -> None:
@@ -20,10 +21,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=positive_int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--min-p", type=float)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--top-p", type=finite_float)
+    p.add_argument("--min-p", type=finite_float)
+    p.add_argument("--repetition-penalty", type=finite_float, default=1.0)
+    p.add_argument("--seed", type=seed_int)
     p.add_argument("--stop", action="append", default=[],
                    help="stop a row once its text contains this string (repeatable; not printed)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
@@ -43,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
                       min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
                       stop=stop)
     live = args.stream and not args.json and len(prompts) == 1
-    if live:
-        sys.stdout.write(prompts[0])
-    for step in text:
+    for i, step in enumerate(text):
+        if live and i == 0:  # not before: the first step is where a bad sampling option is refused
+            sys.stdout.write(prompts[0])
         if live and step[0]:
             sys.stdout.write(step[0])
             sys.stdout.flush()

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mambakit.cli.common import emit_json, non_negative_float, positive_int
+from mambakit.cli.common import emit_json, finite_float, non_negative_float, positive_int, seed_int
 
 # flag destination -> SynthConfig field; a flag left out keeps the SynthConfig default
 FIELDS = {"model": "model", "d_model": "d_model", "n_layer": "n_layer", "budget_params": "budget_params",
@@ -31,13 +31,13 @@ def add_parser(sub) -> None:
     p.add_argument("--seq-len", type=positive_int, help="training length (default: 64)")
     p.add_argument("--steps", type=positive_int, help="optimizer steps (default: 2000)")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: 32)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--lr", type=finite_float, help="peak learning rate (default: 3e-3)")
     p.add_argument("--warmup", type=int, help="warmup steps (default: 50)")
     p.add_argument("--weight-decay", type=non_negative_float, help="AdamW weight decay (default: 0)")
     p.add_argument("--eval-lengths", type=positive_int, nargs="*",
                    help="lengths tested besides --seq-len (default: 2x and 4x --seq-len; none: no value)")
     p.add_argument("--eval-samples", type=positive_int, help="held-out sequences per length (default: 256)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed_int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="folder to write <task>-<model>.json into")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -6,7 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from mambakit.cli.common import emit_json, non_negative_float, positive_int, resolve_tokenizer
+from mambakit.cli.common import (emit_json, finite_float, non_negative_float, positive_int, resolve_tokenizer,
+                                 seed_int)
 
 
 def add_data_args(p, max_bytes: int = 4_000_000) -> None:
@@ -34,10 +35,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per step, all ranks")
     p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per step")
     p.add_argument("--seq-len", type=positive_int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=finite_float, default=3e-3)
     p.add_argument("--warmup", type=int, default=20, help="warmup steps (default: 20)")
     p.add_argument("--weight-decay", type=non_negative_float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--grad-clip", type=finite_float, default=1.0)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--eval-every", type=int, default=100, help="0: only at the end")
@@ -45,7 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint period in steps (0: end only)")
     p.add_argument("--time-budget", type=non_negative_float, help="stop after this many seconds")
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP under torchrun")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from mambakit.checks import require_finite, require_int
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -26,16 +28,14 @@ class SamplingParams:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        require_finite("temperature", self.temperature, 0.0)   # nan would pass "< 0"
+        require_finite("repetition_penalty", self.repetition_penalty, 0.0, low_inclusive=False)
+        if self.top_k is not None:
+            require_int("top_k", self.top_k)
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.min_p is not None and not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 def process_logits(logits: Tensor, generated: Optional[Tensor] = None, temperature: float = 1.0,

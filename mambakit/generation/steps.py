@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
+from mambakit.checks import require_int
 from mambakit.generation.sampling import Sampler, SamplingParams
 
 
@@ -108,8 +109,7 @@ def stream(model, input_ids: Tensor, max_new_tokens: int = 64, temperature: floa
     advanced in place and, at every yield, holds the state after the prompt and every token
     yielded so far — generation can be resumed from it later.
     """
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    require_int("max_new_tokens", max_new_tokens, 0)
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     model.check_input_ids(input_ids)
     if input_ids.shape[1] == 0:

@@ -58,8 +58,9 @@ def read_torch_bin(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: weights file not found") from None
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load — it holds objects other than tensors "
-                              f"(only torch.load(weights_only=True) is allowed): {e}") from None
+        # One line, and not torch's message: it suggests turning safe loading off.
+        raise CheckpointError(f"{path}: refused to load: the file holds pickled objects other than "
+                              f"tensors, which mambakit never unpickles") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt or unreadable torch file ({e})") from None
     if not isinstance(state, dict):

@@ -6,7 +6,8 @@ Facts from state-spaces/mamba (models/config_mamba.py, models/mixer_seq_simple.p
   rms_norm, residual_in_fp32, fused_add_norm, pad_vocab_size_multiple, tie_embeddings, and in
   newer versions d_intermediate (an MLP per block) and attn_layer_idx / attn_cfg (hybrid layers).
 - The vocabulary is padded up to pad_vocab_size_multiple, as ours is; norms use eps 1e-5
-  (create_block's norm_epsilon) unless the config says otherwise.
+  (create_block's norm_epsilon default). MambaConfig has no norm_epsilon field, so a config.json
+  carrying one fails `MambaConfig(**config)`: we read it when present but never write it.
 - Weights: torch.save(model.state_dict()) — backbone.embedding.weight,
   backbone.layers.{i}.mixer.{in_proj,conv1d,x_proj,dt_proj,out_proj}.*, .A_log, .D,
   backbone.layers.{i}.norm.weight, backbone.norm_f.weight, lm_head.weight (stored even when tied).
@@ -30,6 +31,7 @@ SSM_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_
 # Accepted and ignored: they select kernels or initialisation, not the forward pass.
 IGNORED_TOP = ("fused_add_norm", "attn_cfg", "initializer_cfg")
 IGNORED_SSM = ("dt_init", "use_fast_path", "layer")
+NORM_EPSILON = 1e-5  # create_block's fixed norm_epsilon; MambaConfig(**config.json) refuses the key
 # mamba_ssm's MambaConfig defaults for the fields above where they differ from ours
 DEFAULTS = dict(d_model=2560, n_layer=64, vocab_size=50277, pad_vocab_size_multiple=8,
                 rms_norm=True, residual_in_fp32=True, tie_embeddings=True)
@@ -60,8 +62,6 @@ def config_to_dict(cfg: MambaConfig) -> dict:
     config = {k: ours[k] for k in TOP_FIELDS if k != "norm_epsilon"}
     config.update(d_intermediate=0, ssm_cfg={k: ours[k] for k in SSM_FIELDS}, fused_add_norm=True,
                   attn_layer_idx=[], attn_cfg={})
-    if cfg.norm_epsilon != 1e-5:  # only older mamba_ssm configs accept this field; omit the default
-        config["norm_epsilon"] = cfg.norm_epsilon
     return config
 
 
@@ -73,6 +73,10 @@ def save(model, directory: Path) -> None:
     """config.json + pytorch_model.bin (a plain dict of tensors) that MambaLMHeadModel loads."""
     if not isinstance(model.config, MambaConfig):
         raise ValueError(f"only Mamba models export to mamba_ssm, not {type(model).__name__}")
+    if model.config.norm_epsilon != NORM_EPSILON:
+        raise ValueError(f"mamba_ssm's config has no norm_epsilon field (its norms always use "
+                         f"{NORM_EPSILON}); this model uses {model.config.norm_epsilon} and cannot be "
+                         f"exported to it")
     state = export_state(model, keep_tied=True)  # mamba_ssm's state_dict keeps lm_head.weight
     write_model_dir(directory, config_to_dict(model.config),
                      lambda d: atomic_write(d / BIN_NAME, lambda tmp: torch.save(state, tmp)))

@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from mambakit.checks import require_int
 from mambakit.config import ConfigBase
 from mambakit.models import REGISTRY, config_for, from_config, model_class
 
@@ -73,8 +74,7 @@ def configs_for_budget(params: int, vocab_size: int = 257, n_layer: Optional[int
 
     Only d_model is searched; depth is `n_layer` (one int for all, or per family) or DEFAULT_DEPTH.
     """
-    if isinstance(params, bool) or not isinstance(params, int) or params <= 0:
-        raise ValueError(f"params must be a positive int, got {params!r}")
+    require_int("params", params)
     names = list(REGISTRY) if names is None else list(names)
     for name in names:
         model_class(name)                           # unknown names fail before any sizing

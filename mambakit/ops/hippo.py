@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mambakit.checks import require_int
 from mambakit.ops.discretize import zoh
 
 
 def _check_n(N: int) -> None:
-    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-        raise ValueError(f"HiPPO state size N must be a positive int, got {N!r}")
+    require_int("HiPPO state size N", N)
 
 
 def hippo_legs(N: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:

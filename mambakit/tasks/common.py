@@ -5,14 +5,9 @@ from typing import Optional
 
 import torch
 
+from mambakit.checks import require_int  # noqa: F401  (re-exported for the task modules)
+
 IGNORE_INDEX = -100     # targets at unscored positions; torch's cross_entropy default ignore_index
-
-
-def require_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def seeded(seed: Optional[int]) -> torch.Generator:

@@ -116,6 +116,22 @@ def test_mamba_ssm_checkpoint_loads_and_round_trips(tmp_path):
     torch.testing.assert_close(logits_of(back, ids), logits_of(hf, ids), atol=1e-4, rtol=0)
 
 
+# mamba_ssm/models/config_mamba.py: the fields of its MambaConfig dataclass (config.json is
+# passed as MambaConfig(**config), so any other key is a TypeError there).
+MAMBA_SSM_CONFIG_FIELDS = {"d_model", "d_intermediate", "n_layer", "vocab_size", "ssm_cfg",
+                           "attn_layer_idx", "attn_cfg", "rms_norm", "residual_in_fp32",
+                           "fused_add_norm", "pad_vocab_size_multiple", "tie_embeddings"}
+
+
+def test_mamba_ssm_export_writes_only_fields_its_config_accepts(tmp_path):
+    tiny_mamba(vocab_size=50).save_pretrained(tmp_path / "ok", format="mamba_ssm")
+    assert set(json.loads((tmp_path / "ok" / "config.json").read_text())) <= MAMBA_SSM_CONFIG_FIELDS
+    # before: norm_epsilon was written, and no mamba_ssm version loads that config
+    with pytest.raises(ValueError, match="no norm_epsilon field.*1e-06.*cannot be exported"):
+        tiny_mamba(vocab_size=50, norm_epsilon=1e-6).save_pretrained(tmp_path / "eps", format="mamba_ssm")
+    assert not (tmp_path / "eps" / "config.json").exists()
+
+
 class NotATensor:
     pass
 
@@ -124,8 +140,10 @@ def test_bin_with_pickled_object_is_refused(tmp_path):
     hf = hf_model(vocab_size=56)
     write_mamba_ssm_dir(tmp_path / "ssm", hf, vocab_size=50, pad_multiple=8)
     torch.save({"backbone.embedding.weight": NotATensor()}, tmp_path / "ssm" / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="pickled objects other than tensors") as err:
         MambaLM.from_pretrained(tmp_path / "ssm")
+    # one line, and never torch's advice to turn safe loading off
+    assert "\n" not in str(err.value) and "weights_only=False" not in str(err.value)
     torch.save({"backbone.embedding.weight": 3}, tmp_path / "ssm" / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="not named tensors.*backbone.embedding.weight"):
         MambaLM.from_pretrained(tmp_path / "ssm")

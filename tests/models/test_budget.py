@@ -22,7 +22,7 @@ def test_width_is_a_multiple_of_8_when_that_fits():
 def test_impossible_or_bad_budgets_are_refused():
     with pytest.raises(ValueError, match="cannot size mamba to 1,000 parameters within 5%"):
         configs_for_budget(1_000, names=["mamba"])
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="params must be >= 1"):
         configs_for_budget(0)
     with pytest.raises(ValueError, match="unknown model 'rwkv'"):
         configs_for_budget(100_000, names=["rwkv"])

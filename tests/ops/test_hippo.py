@@ -84,5 +84,5 @@ def test_legt_state_reconstructs_the_recent_window():
 
 
 def test_bad_sizes_raise():
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="state size N must be >= 1"):
         hippo_legs(0)

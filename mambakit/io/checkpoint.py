@@ -1,8 +1,10 @@
 """Checkpoint directories in three formats, detected in one place and loaded through one path.
 
 - "mambakit": config.json (our field names, `model_type`) + model.safetensors — every model family.
-- "transformers": a `MambaForCausalLM.save_pretrained` directory (`hidden_size`, ... ; see hf_mamba).
-- "mamba_ssm": `MambaLMHeadModel` config.json (`d_model`, `ssm_cfg`) + pytorch_model.bin (see mamba_ssm).
+- "transformers": a `MambaForCausalLM` / `Mamba2ForCausalLM.save_pretrained` directory (`hidden_size`,
+  ...; see hf_mamba, hf_mamba2).
+- "mamba_ssm": `MambaLMHeadModel` config.json (`d_model`, `ssm_cfg`) + pytorch_model.bin, Mamba-1 or
+  Mamba-2 by ssm_cfg.layer (see mamba_ssm).
 
 No pickle anywhere: safetensors, JSON, and `torch.load(weights_only=True)` for `.bin`. Tied
 weights are stored once in our format (safetensors refuses shared storage) and re-tied on load.
@@ -25,7 +27,8 @@ from mambakit.io.files import (
 
 FORMATS = ("mambakit", "transformers", "mamba_ssm")
 
-__all__ = ["FORMATS", "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "detect_format", "load_model",
+__all__ = ["FORMATS", "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError", "detect_format",
+           "detect_architecture", "load_model",
            "save_model", "save_weights_dir", "convert", "load_state_into", "tied_aliases", "read_config",
            "read_safetensors"]
 
@@ -39,10 +42,54 @@ def detect_format(config: dict) -> str:
     return "mambakit"
 
 
-def _format_module(fmt: str):
-    from mambakit.io import hf_mamba, mamba_ssm
+# transformers model_type -> our registry name, for the architectures we load and save
+TRANSFORMERS_TYPES = {"mamba": "mamba", "mamba2": "mamba2"}
+# mamba_ssm ssm_cfg.layer -> our registry name
+MAMBA_SSM_LAYERS = {"Mamba1": "mamba", "Mamba2": "mamba2"}
+# Relatives in the SSM lineage that transformers knows and mambakit does not load (yet), named
+# so that the error says what the directory holds instead of listing keys that do not fit.
+UNSUPPORTED_ARCHITECTURES = {
+    "falcon_mamba": "FalconMamba", "jamba": "Jamba", "zamba": "Zamba", "zamba2": "Zamba2",
+    "bamba": "Bamba", "falcon_h1": "Falcon-H1", "nemotron_h": "Nemotron-H",
+    "granitemoehybrid": "Granite 4.0 hybrid", "lfm2": "LFM2", "plamo2": "PLaMo 2",
+}
 
-    return {"transformers": hf_mamba, "mamba_ssm": mamba_ssm}[fmt]
+
+def detect_architecture(config: dict, source: str | os.PathLike = CONFIG_NAME) -> tuple[str, str]:
+    """(format, registry name) of a config.json: Mamba-1 ("mamba"), Mamba-2 ("mamba2"), or
+    another family of ours; anything else raises a CheckpointError naming what it is."""
+    fmt = detect_format(config)
+    if fmt == "mamba_ssm":
+        from mambakit.io.mamba_ssm import mixer_layer
+
+        return fmt, MAMBA_SSM_LAYERS[mixer_layer(config, source)]
+    model_type = config.get("model_type", "mamba" if fmt == "mambakit" else None)
+    if fmt == "transformers":
+        if model_type in TRANSFORMERS_TYPES:
+            return fmt, TRANSFORMERS_TYPES[model_type]
+        known = UNSUPPORTED_ARCHITECTURES.get(model_type)
+        what = f"a {known} checkpoint (transformers model_type {model_type!r})" if known else \
+            f"transformers model_type {model_type!r}"
+        raise CheckpointError(f"{source}: {what} is not supported; mambakit loads transformers "
+                              f"'mamba' (Mamba-1) and 'mamba2' (Mamba-2) checkpoints")
+    from mambakit.models import model_class
+
+    try:
+        model_class(model_type)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    return fmt, model_type
+
+
+def _format_module(fmt: str, name: str):
+    """The module that reads and writes `fmt` for our model `name` (a registry name)."""
+    from mambakit.io import hf_mamba, hf_mamba2, mamba_ssm
+
+    modules = {("transformers", "mamba"): hf_mamba, ("transformers", "mamba2"): hf_mamba2,
+               ("mamba_ssm", "mamba"): mamba_ssm, ("mamba_ssm", "mamba2"): mamba_ssm}
+    if (fmt, name) not in modules:
+        raise ValueError(f"only Mamba and Mamba-2 models export to {fmt}, not {name!r} models")
+    return modules[fmt, name]
 
 
 def save_model(model, directory: str | os.PathLike, format: str = "mambakit") -> None:
@@ -52,7 +99,7 @@ def save_model(model, directory: str | os.PathLike, format: str = "mambakit") ->
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if format != "mambakit":
-        _format_module(format).save(model, directory)
+        _format_module(format, model.config.model_type).save(model, directory)
         return
     save_weights_dir(directory, model.config, export_state(model))
 
@@ -120,20 +167,19 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     from mambakit.models import model_class
 
     data = read_config(directory)
-    fmt = detect_format(data)
+    config_path = Path(directory) / CONFIG_NAME
+    fmt, name = detect_architecture(data, config_path)
+    cls = model_class(name)
     if fmt == "mambakit":
         try:
-            cls = model_class(data.get("model_type", "mamba"))
             config = cls.config_class.from_dict(data)
         except ValueError as e:
-            raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: {e}") from None
+            raise CheckpointError(f"{config_path}: {e}") from None
         source = str(Path(directory) / WEIGHTS_NAME)
         state = read_safetensors(source)
     else:
-        from mambakit.models import MambaLM
-
-        module = _format_module(fmt)
-        cls, config = MambaLM, module.config_from_dict(data, Path(directory) / CONFIG_NAME)
+        module = _format_module(fmt, name)
+        config = module.config_from_dict(data, config_path)
         raw, source = read_weights(directory)
         state = module.state_to_ours(raw)
     with torch.device("meta"):

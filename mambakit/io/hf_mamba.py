@@ -36,8 +36,7 @@ DEFAULTS = dict(vocab_size=50280, hidden_size=768, state_size=16, num_hidden_lay
 TRUE_VOCAB_KEY = "mambakit_vocab_size"
 
 # their field -> our MambaConfig field (vocab_size is read apart: see TRUE_VOCAB_KEY)
-FIELDS = dict(hidden_size="d_model", num_hidden_layers="n_layer", vocab_size="vocab_size",
-              state_size="d_state", conv_kernel="d_conv", expand="expand", time_step_rank="dt_rank",
+FIELDS = dict(hidden_size="d_model", num_hidden_layers="n_layer", state_size="d_state", conv_kernel="d_conv", expand="expand", time_step_rank="dt_rank",
               time_step_min="dt_min", time_step_max="dt_max", time_step_floor="dt_init_floor",
               time_step_scale="dt_scale", use_conv_bias="conv_bias", use_bias="bias",
               layer_norm_epsilon="norm_epsilon", residual_in_fp32="residual_in_fp32",
@@ -56,28 +55,32 @@ def config_from_dict(data: dict, source: str | Path = "config.json") -> MambaCon
     if "intermediate_size" in data and data["intermediate_size"] != data["expand"] * data["hidden_size"]:
         raise CheckpointError(f"{source}: intermediate_size {data['intermediate_size']} != expand * "
                               f"hidden_size ({data['expand']} * {data['hidden_size']})")
+    try:
+        return MambaConfig(**{ours: data[theirs] for theirs, ours in FIELDS.items()},
+                           **vocab_fields(data, source), rms_norm=True)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+def vocab_fields(data: dict, source: str | Path) -> dict:
+    """vocab_size and pad_vocab_size_multiple from a transformers config (see TRUE_VOCAB_KEY)."""
     rows = data["vocab_size"]
     vocab_size = data.get(TRUE_VOCAB_KEY, rows)
     if not (type(vocab_size) is int and type(rows) is int and 0 < vocab_size <= rows):
         raise CheckpointError(f"{source}: {TRUE_VOCAB_KEY} {vocab_size!r} must be an int in "
                               f"1..vocab_size ({rows!r})")
-    try:
-        # padding to a multiple of `rows` rounds any 0 < vocab_size <= rows up to exactly `rows`
-        return MambaConfig(**{**{ours: data[theirs] for theirs, ours in FIELDS.items()},
-                              "vocab_size": vocab_size}, rms_norm=True,
-                           pad_vocab_size_multiple=1 if vocab_size == rows else rows)
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from None
+    # padding to a multiple of `rows` rounds any 0 < vocab_size <= rows up to exactly `rows`
+    return dict(vocab_size=vocab_size, pad_vocab_size_multiple=1 if vocab_size == rows else rows)
 
 
 def config_to_dict(cfg: MambaConfig) -> dict:
     if not cfg.rms_norm:
         raise ValueError("transformers MambaForCausalLM always uses RMSNorm; this model uses "
                          "LayerNorm (rms_norm=False) and cannot be exported to it")
-    ours = {**cfg.to_dict(), "vocab_size": cfg.padded_vocab_size, "dt_rank": cfg.resolved_dt_rank}
+    ours = {**cfg.to_dict(), "dt_rank": cfg.resolved_dt_rank}
     return {"architectures": ["MambaForCausalLM"], "model_type": "mamba",
             **{theirs: ours[field] for theirs, field in FIELDS.items()},
-            TRUE_VOCAB_KEY: cfg.vocab_size, "intermediate_size": cfg.d_inner, "hidden_act": "silu",
+            "vocab_size": cfg.padded_vocab_size, TRUE_VOCAB_KEY: cfg.vocab_size, "intermediate_size": cfg.d_inner, "hidden_act": "silu",
             "time_step_init_scheme": "random"}
 
 
@@ -98,9 +101,11 @@ def state_from_ours(state: dict) -> dict:
 
 def save(model, directory: Path) -> None:
     """config.json + model.safetensors that `MambaForCausalLM.from_pretrained` reads."""
-    if not isinstance(model.config, MambaConfig):
-        raise ValueError(f"only Mamba models export to transformers, not {type(model).__name__}")
-    config = config_to_dict(model.config)
+    write_transformers_dir(model, directory, config_to_dict(model.config))
+
+
+def write_transformers_dir(model, directory: Path, config: dict) -> None:
+    """`config` as config.json, the model's weights under transformers' key names as safetensors."""
     state = state_from_ours(export_state(model))
     write_model_dir(directory, config, lambda d: atomic_write(
         d / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"})))

@@ -169,8 +169,8 @@ def test_mismatched_keys_and_shapes_are_listed(tmp_path):
     (tmp_path / "hf2" / "config.json").write_text(json.dumps({**cfg, "state_size": 4}))
     with pytest.raises(CheckpointError, match=r"shape mismatches.*A_log"):
         MambaLM.from_pretrained(tmp_path / "hf2")
-    (tmp_path / "hf2" / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba2"}))
-    with pytest.raises(CheckpointError, match="'mamba2' is not supported"):
+    (tmp_path / "hf2" / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon_mamba"}))
+    with pytest.raises(CheckpointError, match="a FalconMamba checkpoint .* is not supported"):
         MambaLM.from_pretrained(tmp_path / "hf2")
 
 

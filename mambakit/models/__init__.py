@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from mambakit.config import ConfigBase, Mamba2Config, MambaConfig
+from mambakit.models.ablations import MambaS4DConfig, MambaS4DLM, S6Config, S6LM
 from mambakit.models.base import LanguageModel
 from mambakit.models.mamba_lm import MambaCache, MambaLM
 from mambakit.models.mamba2_lm import Mamba2LM
@@ -20,6 +21,8 @@ REGISTRY: dict[str, type[LanguageModel]] = {
     "transformer": TransformerLM,
     "gru": GRULM,
     "lstm": LSTMLM,
+    "s6": S6LM,                 # the Mamba paper's Table 1 ablations (models/ablations.py)
+    "mamba-s4d": MambaS4DLM,
 }
 
 
@@ -54,4 +57,4 @@ __all__ = ["REGISTRY", "build", "config_for", "configs_for_budget", "from_config
            "LanguageModel",
            "MambaLM", "MambaCache", "MambaConfig", "Mamba2LM", "Mamba2Config", "S4LM", "S4DLM", "S4Config", "S4DConfig",
            "TransformerLM", "TransformerConfig", "RNNLM", "RNNConfig", "GRULM", "GRUConfig",
-           "LSTMLM", "LSTMConfig"]
+           "LSTMLM", "LSTMConfig", "S6LM", "S6Config", "MambaS4DLM", "MambaS4DConfig"]

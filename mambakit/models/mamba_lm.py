@@ -32,6 +32,22 @@ def init_mamba_weights(model: MixerLM) -> None:
 MambaCache = RecurrentCache
 
 
+@torch.no_grad()
+def init_mamba_weights(model: MixerLM) -> None:
+    """mamba_ssm's _init_weights: zero linear biases (except Δ's), N(0, 0.02) embeddings, and each
+    mixer's out_proj rescaled by 1/sqrt(n_layer) so the residual stream's variance stays bounded."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.bias is not None \
+                and not getattr(module.bias, "_no_reinit", False):
+            nn.init.zeros_(module.bias)
+    nn.init.normal_(model.backbone.embedding.weight, std=0.02)
+    for layer in model.backbone.layers:
+        if layer.mixer.out_proj is not None:
+            w = layer.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            w /= math.sqrt(model.config.n_layer)
+
+
 class MambaLM(MixerLM):
     config_class = MambaConfig
     supports_reset = True

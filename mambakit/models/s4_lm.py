@@ -15,6 +15,7 @@ from torch import nn
 from mambakit.config import LMConfig
 from mambakit.models.mixer_lm import MixerLM
 from mambakit.modules.s4 import MODES, LTIMixer, S4DMixer, S4Mixer
+from mambakit.modules.ssm_output import OUTPUTS
 
 _PRESETS = {
     "tiny": dict(d_model=64, n_layer=2, vocab_size=257, d_state=32),
@@ -32,9 +33,11 @@ class _LTIConfig(LMConfig):
     d_state: int = 64               # real state size N; N/2 conjugate pairs are parameters
     dt_min: float = 0.001
     dt_max: float = 0.1
+    output: str = "glu"             # after the SSM: "glu" (S4's), "linear" (no gate) or "none"
 
     def validate(self) -> None:
         super().validate()
+        self._require_choice("output", OUTPUTS)
         self._require_int("d_state")
         if self.d_state % 2:
             raise ValueError(f"{type(self).__name__}.d_state must be even (conjugate pairs), got {self.d_state}")
@@ -57,7 +60,7 @@ class S4Config(_LTIConfig):
             self._require_float("b_clip")
 
     def make_mixer(self) -> LTIMixer:
-        return S4Mixer(self.d_model, self.d_state, self.dt_min, self.dt_max, self.b_clip)
+        return S4Mixer(self.d_model, self.d_state, self.dt_min, self.dt_max, self.b_clip, self.output)
 
 
 @dataclass
@@ -72,10 +75,21 @@ class S4DConfig(_LTIConfig):
         self._require_choice("init", ("lin", "inv"))
 
     def make_mixer(self) -> LTIMixer:
-        return S4DMixer(self.d_model, self.d_state, self.dt_min, self.dt_max, self.init)
+        return S4DMixer(self.d_model, self.d_state, self.dt_min, self.dt_max, self.init, self.output)
 
 
-class _LTILM(MixerLM):
+class LTIModes:
+    """`set_mode` for a MixerLM whose mixers all have an LSSL `mode`."""
+
+    def set_mode(self, mode: str) -> None:
+        """"conv" (FFT convolution: training, long prefill) or "recurrent" (step by step) everywhere."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        for layer in self.backbone.layers:
+            layer.mixer.mode = mode
+
+
+class _LTILM(LTIModes, MixerLM):
     def __init__(self, config: _LTIConfig):
         super().__init__(config)
         with torch.no_grad():
@@ -84,13 +98,6 @@ class _LTILM(MixerLM):
 
     def make_mixer(self, layer_idx: int) -> LTIMixer:
         return self.config.make_mixer()
-
-    def set_mode(self, mode: str) -> None:
-        """"conv" (FFT convolution: training, long prefill) or "recurrent" (step by step) everywhere."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
-        for layer in self.backbone.layers:
-            layer.mixer.mode = mode
 
 
 class S4LM(_LTILM):

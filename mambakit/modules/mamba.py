@@ -29,6 +29,42 @@ class MambaState:
         return MambaState(self.conv.clone(), self.ssm.clone())
 
 
+@torch.no_grad()
+def init_dt_proj(dt_proj: nn.Linear, dt_scale: float, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+    """Δ's projection starts so that softplus(bias) ~ log-uniform[dt_min, dt_max] (mamba_ssm)."""
+    std = dt_proj.in_features ** -0.5 * dt_scale
+    nn.init.uniform_(dt_proj.weight, -std, std)
+    d = dt_proj.out_features
+    dt = torch.exp(torch.rand(d) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+    dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))              # inverse of softplus
+    dt_proj.bias._no_reinit = True
+
+
+def ssm_params(x_proj: nn.Linear, dt_proj: nn.Linear, x: Tensor, d_state: int) -> tuple[Tensor, Tensor, Tensor]:
+    """S6's selection: x (..., d) -> Δ before bias/softplus (..., d), B (..., n), C (..., n)."""
+    dt, B, C = x_proj(x).split([dt_proj.in_features, d_state, d_state], dim=-1)
+    return F.linear(dt, dt_proj.weight), B, C
+
+
+def selective_ssm(x: Tensor, dt: Tensor, B: Tensor, C: Tensor, A_log: Tensor, D: Tensor, dt_bias: Tensor,
+                  z: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                  initial_state: Optional[Tensor] = None, reset: Optional[Tensor] = None,
+                  backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """The S6 layer on projected inputs: x, dt (b, d, l), B, C (b, n, l) -> (y (b, d, l), h (b, d, n)).
+
+    `mask` (b, 1, l), 0 on left padding: Δ = 0 there makes Ā = 1 and B̄ = 0, so the state passes
+    through pads untouched.
+    """
+    A = -torch.exp(A_log.float())                                      # (d, n)
+    if mask is None:
+        delta, delta_bias, softplus = dt, dt_bias.float(), True
+    else:
+        delta = F.softplus(dt.float() + dt_bias.float()[:, None]) * mask
+        delta_bias, softplus = None, False
+    return selective_scan(x, delta, A, B, C, D.float(), z=z, delta_bias=delta_bias, delta_softplus=softplus,
+                          return_last_state=True, initial_state=initial_state, reset=reset, backend=backend)
+
+
 class MambaMixer(nn.Module):
     def __init__(self, cfg: MambaConfig, layer_idx: int = 0):
         super().__init__()
@@ -46,17 +82,7 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_in, 1))
         self.D = nn.Parameter(torch.ones(d_in))
         self.out_proj = nn.Linear(d_in, cfg.d_model, bias=cfg.bias)
-        self._init_dt(cfg)
-
-    @torch.no_grad()
-    def _init_dt(self, cfg: MambaConfig) -> None:
-        # Δ's projection starts so that softplus(bias) ~ log-uniform[dt_min, dt_max] (mamba_ssm).
-        std = self.dt_rank ** -0.5 * cfg.dt_scale
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(torch.rand(self.d_inner) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
-                       + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-        self.dt_proj.bias._no_reinit = True
+        init_dt_proj(self.dt_proj, cfg.dt_scale, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
 
     # ------------------------------------------------------------------------------------------
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
@@ -66,9 +92,7 @@ class MambaMixer(nn.Module):
                           torch.zeros(batch_size, self.d_inner, self.d_state, device=device))
 
     def _ssm_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (..., d_in) -> Δ before bias/softplus (..., d_in), B (..., n), C (..., n)."""
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.linear(dt, self.dt_proj.weight), B, C
+        return ssm_params(self.x_proj, self.dt_proj, x, self.d_state)
 
     def forward(self, hidden: Tensor, state: Optional[MambaState] = None,
                 attention_mask: Optional[Tensor] = None, reset: Optional[Tensor] = None) -> Tensor:
@@ -88,18 +112,9 @@ class MambaMixer(nn.Module):
                                       None if state is None else state.conv, reset)
         x = F.silu(x)                                                  # (b, d_in, l)
         dt, B, C = self._ssm_params(x.transpose(1, 2))                 # (b, l, d_in), (b, l, n) x2
-        dt, B, C = dt.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
-        A = -torch.exp(self.A_log.float())                             # (d_in, n)
-        if mask is None:
-            delta, delta_bias, softplus = dt, self.dt_proj.bias.float(), True
-        else:
-            # Δ = 0 on pads makes Ā = 1 and B̄ = 0: the SSM state passes through untouched.
-            delta = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None]) * mask
-            delta_bias, softplus = None, False
-        y, last = selective_scan(x, delta, A, B, C, self.D.float(), z=z, delta_bias=delta_bias,
-                                 delta_softplus=softplus, return_last_state=True,
-                                 initial_state=None if state is None else state.ssm,
-                                 reset=reset, backend=self.scan_backend)  # (b, d_in, l)
+        y, last = selective_ssm(x, dt.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2), self.A_log,
+                                self.D, self.dt_proj.bias, z, mask,
+                                None if state is None else state.ssm, reset, self.scan_backend)  # (b, d_in, l)
         if state is not None:
             state.conv, state.ssm = conv_state, last
         return self.out_proj(y.transpose(1, 2))                        # (b, l, d_model)

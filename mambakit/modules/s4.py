@@ -17,8 +17,8 @@ conjugate pairs, so only one member of each pair is a parameter (as in S4's code
 
 `mode` is LSSL's switch: "conv" (FFT convolution, parallel — training and prefill) or
 "recurrent" (h_k = A̅h_{k−1} + B̅x_k one step at a time). Both give the same outputs and states.
-Output as in S4's blocks: GELU, then a linear to 2h and a GLU, so the layer mixes channels and
-gates like Mamba's y·SiLU(z). Complex parameters are stored as real (..., 2) views, which
+The output follows S4's blocks (GELU, linear to 2h, GLU) or one of the other heads of
+`ssm_output` ("linear": no gate; "none": the bare SSM, e.g. inside a Mamba block). Complex parameters are stored as real (..., 2) views, which
 safetensors and every optimizer handle.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambakit.modules.ssm_output import apply_output, make_out_proj
 from mambakit.ops.discretize import bilinear, zoh_diag
 from mambakit.ops.hippo import dplr_legs_half
 from mambakit.ops.ssm_kernel import (
@@ -62,7 +63,7 @@ def conj_complete(x: Tensor) -> Tensor:
 
 
 class LTIMixer(nn.Module):
-    """What S4 and S4D share: Δ, D, the two modes, state handling and the gated output.
+    """What S4 and S4D share: Δ, D, the two modes, state handling and the output head.
 
     Subclasses give `discrete()` -> (A̅ (h, s, s) or (h, s), B̅ (h, s), C' (h, s)) with the
     output y = Re(C' h) + D x for a state of size s = `state_size`, and `kernel(l)` -> real K (h, l)
@@ -71,7 +72,8 @@ class LTIMixer(nn.Module):
 
     state_size: int
 
-    def __init__(self, d_model: int, d_state: int, dt_min: float = 1e-3, dt_max: float = 1e-1):
+    def __init__(self, d_model: int, d_state: int, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 output: str = "glu"):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state must be even (conjugate pairs of the state), got {d_state}")
@@ -81,7 +83,7 @@ class LTIMixer(nn.Module):
         # Δ log-uniform in [dt_min, dt_max] per channel: a range of timescales (S4's init).
         self.log_dt = nn.Parameter(torch.rand(d_model) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         self.D = nn.Parameter(torch.randn(d_model))
-        self.out_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = make_out_proj(d_model, output)
 
     @property
     def mode(self) -> str:
@@ -108,8 +110,25 @@ class LTIMixer(nn.Module):
         return S4State(torch.zeros(batch_size, self.d_model, self.state_size, device=device,
                                    dtype=torch.complex64))
 
-    def _output(self, y: Tensor) -> Tensor:
-        return F.glu(self.out_proj(F.gelu(y)), dim=-1)                  # (..., h)
+    def mix(self, x: Tensor, h0: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """The SSM alone: x (b, h, l) -> (y (b, h, l) real, final state or None when h0 is None in
+        conv mode, where computing it would cost extra)."""
+        if self.mode == "recurrent":
+            Ab, Bb, C = self.discrete()
+            y, last = ssm_recurrent(Ab, Bb, C, self.D, x, h0)
+            return y.real, last
+        y = causal_conv_fft(x, self.kernel(x.shape[-1]), self.D)        # (b, h, l)
+        if h0 is None:
+            return y, None
+        Ab, Bb, C = self.discrete()
+        y = y + lti_free_response(Ab, C, h0, x.shape[-1]).real
+        return y, lti_final_state(Ab, Bb, x, h0)
+
+    def mix_step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """One token of the SSM alone: x (b, h), state (b, h, s) -> (y (b, h) real, new state)."""
+        Ab, Bb, C = self.discrete()
+        y, h = ssm_step(Ab, Bb, C, self.D, h, x.float())
+        return y.real, h
 
     def forward(self, hidden: Tensor, state: Optional[S4State] = None,
                 attention_mask: Optional[Tensor] = None) -> Tensor:
@@ -123,26 +142,15 @@ class LTIMixer(nn.Module):
         x = hidden.float().transpose(1, 2)                              # (b, h, l)
         if attention_mask is not None:
             x = x * attention_mask[:, None, :].to(x.dtype)
-        h0 = None if state is None else state.ssm
-        if self.mode == "recurrent":
-            Ab, Bb, C2 = self.discrete()
-            y, last = ssm_recurrent(Ab, Bb, C2, self.D, x, h0)
-            y = y.real
-        else:
-            y = causal_conv_fft(x, self.kernel(x.shape[-1]), self.D)    # (b, h, l)
-            if state is not None:
-                Ab, Bb, C2 = self.discrete()
-                y = y + lti_free_response(Ab, C2, h0, x.shape[-1]).real
-                last = lti_final_state(Ab, Bb, x, h0)
+        y, last = self.mix(x, None if state is None else state.ssm)
         if state is not None:
             state.ssm = last
-        return self._output(y.transpose(1, 2).to(hidden.dtype))         # (b, l, h)
+        return apply_output(y.transpose(1, 2).to(hidden.dtype), self.out_proj)   # (b, l, h)
 
     def step(self, hidden: Tensor, state: S4State) -> Tensor:
         """One token: hidden (b, h) -> (b, h), updating `state` in place. O(1) in the length."""
-        Ab, Bb, C2 = self.discrete()
-        y, state.ssm = ssm_step(Ab, Bb, C2, self.D, state.ssm, hidden.float())
-        return self._output(y.real.to(hidden.dtype))
+        y, state.ssm = self.mix_step(hidden, state.ssm)
+        return apply_output(y.to(hidden.dtype), self.out_proj)
 
 
 class S4Mixer(LTIMixer):
@@ -153,8 +161,8 @@ class S4Mixer(LTIMixer):
     """
 
     def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 b_clip: Optional[float] = None):
-        super().__init__(d_model, d_state, dt_min, dt_max)
+                 b_clip: Optional[float] = None, output: str = "glu"):
+        super().__init__(d_model, d_state, dt_min, dt_max, output)
         self.state_size = d_state
         Lambda, P, B = (x.expand(d_model, self.n) for x in dplr_legs_half(d_state))
         if b_clip is not None:
@@ -203,8 +211,8 @@ class S4DMixer(LTIMixer):
     """S4D: diagonal complex A, ZOH, Vandermonde kernel."""
 
     def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 init: str = "lin"):
-        super().__init__(d_model, d_state, dt_min, dt_max)
+                 init: str = "lin", output: str = "glu"):
+        super().__init__(d_model, d_state, dt_min, dt_max, output)
         self.log_A_real = nn.Parameter(torch.full((d_model, self.n), math.log(0.5)))
         self.A_imag = nn.Parameter(s4d_imag_init(self.n, d_state, init).repeat(d_model, 1))
         self.B = _complex_param(torch.ones(d_model, self.n, dtype=torch.complex64))

@@ -5,9 +5,9 @@ import argparse
 import os
 import sys
 
-from mambakit.cli import bench, convert, demo, eval, generate, plot, synth, tokenizer, train
+from mambakit.cli import bench, convert, demo, eval, generate, plot, serve, synth, tokenizer, train
 
-VERBS = [demo, train, eval, generate, bench, synth, convert, plot, tokenizer]
+VERBS = [demo, train, eval, generate, bench, synth, convert, plot, tokenizer, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

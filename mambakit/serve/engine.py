@@ -16,6 +16,7 @@ the next turn of a chat starts from it). HTTP lives elsewhere: the engine calls 
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -28,6 +29,8 @@ from mambakit.generation import Sampler, SamplingParams, TextDecoder
 from mambakit.serve.metrics import Metrics
 from mambakit.serve.prefix_cache import PrefixCache, prefix_hashes
 from mambakit.state import concat, fork, select, snapshot, state_nbytes
+
+log = logging.getLogger("mambakit.serve")
 
 
 class QueueFull(Exception):
@@ -156,6 +159,7 @@ class Engine:
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - reported to the affected clients, then dropped
+            log.exception("engine step failed; failing its %d request(s)", len(jobs))
             for job in jobs:
                 job.emit({"error": f"{type(e).__name__}: {e}"})
                 job.cancel()
@@ -213,23 +217,24 @@ class Engine:
             if job.pos % self.prefill_chunk == 0 or job.pos == len(prompt) - 1:
                 self.prefix_cache.store(prompt[:job.pos], job.hashes[job.pos - 1], job.cache)
             return
-        self._prefilling.popleft()
         self._start_choices(job, logits)
 
     def _start_choices(self, job: Job, logits: torch.Tensor) -> None:
+        """The prompt is in: its rows join the batch (before any text goes out, so that a client
+        reading /metrics after its first token sees its state), then sample their first tokens."""
         req, tok = job.request, self.tokenizer
         eos = None if req.ignore_eos else tok.eos_token_id
         history = torch.tensor([req.prompt_ids], device=logits.device)
-        for i in range(req.n):
-            seed = None if req.seed is None else req.seed + i
-            c = Choice(i, Sampler(req.params, history, seed), TextDecoder(tok, req.stop, eos))
-            job.choices.append(c)
-            self._accept(job, c, int(c.sampler(logits)[0]))
-        self.metrics.observe("time_to_first_token_seconds", time.perf_counter() - job.submitted)
+        job.choices = [Choice(i, Sampler(req.params, history, None if req.seed is None else req.seed + i),
+                              TextDecoder(tok, req.stop, eos)) for i in range(req.n)]
         rows = fork(job.cache, req.n) if req.n > 1 else job.cache
         job.cache = None
         self._cache = rows if self._cache is None else concat([self._cache, rows])
         self._rows.extend((job, c) for c in job.choices)
+        self._prefilling.popleft()
+        for c in job.choices:
+            self._accept(job, c, int(c.sampler(logits)[0]))
+        self.metrics.observe("time_to_first_token_seconds", time.perf_counter() - job.submitted)
 
     def _decode_step(self) -> None:
         tokens = torch.tensor([c.next_token for _, c in self._rows], device=self.model.device)

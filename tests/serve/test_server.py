@@ -106,8 +106,9 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(served):
                  {"Content-Type": "application/json", "Authorization": f"Bearer {served.api_key}"})
     response = conn.getresponse()
     assert response.status == 200
-    assert response.read1(64).startswith(b"data: ")
-    assert served.metric("live_states") == 1
+    first = response.read1(256)
+    assert first.startswith(b"data: ") and b"error" not in first, first
+    assert served.metric("live_states") == 1, first + response.read1(4096)
     conn.sock.close()                                                     # gone mid-stream
     conn.close()
     served.wait_for("live_states", 0)

@@ -8,9 +8,11 @@ decode step of the whole running batch through a single `model.step`. Rows join 
 at any step; each row samples with its own parameters and seed (`generation.Sampler`) and is
 turned into text incrementally (`generation.TextDecoder`, stop strings included).
 
-Prompt states are cached (`PrefixCache`) at every `prefill_chunk` boundary, before the last
-prompt token (so the same prompt again prefills one token) and after a finished completion (so
-the next turn of a chat starts from it). HTTP lives elsewhere: the engine calls each request's
+Prompt states are cached (`PrefixCache`) at chunk boundaries — those at chunk × 2^k and the
+last one inside the prompt, so a prompt of l tokens stores O(log l) states while a shared prefix
+still finds one at least half its length — before the last prompt token (so the same prompt
+again prefills one token) and after a finished completion (so the next turn of a chat starts
+from it). HTTP lives elsewhere: the engine calls each request's
 `emit(event)` from its thread; events are dicts {"choice", "text", "finish_reason"} and finally
 {"done": True, "usage": {...}} or {"error": message}.
 """
@@ -168,7 +170,9 @@ class Engine:
 
     def _drop_over(self) -> None:
         now = time.perf_counter()
-        for job in list(self._waiting) + list(self._prefilling) + [j for j, _ in self._rows]:
+        with self._wake:                   # the HTTP threads append to _waiting
+            waiting = list(self._waiting)
+        for job in waiting + list(self._prefilling) + [j for j, _ in self._rows]:
             if now > job.deadline and not job.over:
                 if not job.choices:            # still queued or prefilling: nothing to show yet
                     job.emit({"error": "the request timed out before its prompt was processed"})
@@ -176,9 +180,10 @@ class Engine:
                 for c in job.choices:
                     if not c.finish_reason:
                         self._finish(job, c, "length")
-        for queue in (self._waiting, self._prefilling):
-            for job in [j for j in queue if j.cancelled]:
-                queue.remove(job)
+        with self._wake:
+            for queue in (self._waiting, self._prefilling):
+                for job in [j for j in queue if j.cancelled]:
+                    queue.remove(job)
         keep = [i for i, (job, c) in enumerate(self._rows) if not (job.cancelled or c.finish_reason)]
         if len(keep) == len(self._rows):
             return
@@ -214,10 +219,15 @@ class Engine:
         self.metrics.inc("prefill_tokens_total", end - job.pos)
         job.pos = end
         if job.pos < len(prompt):
-            if job.pos % self.prefill_chunk == 0 or job.pos == len(prompt) - 1:
+            if self._worth_storing(job.pos, len(prompt)):
                 self.prefix_cache.store(prompt[:job.pos], job.hashes[job.pos - 1], job.cache)
             return
         self._start_choices(job, logits)
+
+    def _worth_storing(self, pos: int, length: int) -> bool:
+        chunks, rest = divmod(pos, self.prefill_chunk)
+        last_boundary = (length - 2) // self.prefill_chunk     # the last one before length - 1
+        return pos == length - 1 or (rest == 0 and (chunks & (chunks - 1) == 0 or chunks == last_boundary))
 
     def _start_choices(self, job: Job, logits: torch.Tensor) -> None:
         """The prompt is in: its rows join the batch (before any text goes out, so that a client

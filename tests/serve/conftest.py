@@ -38,7 +38,7 @@ class Served:
     def client(self, cls=None):
         import openai
 
-        return (cls or openai.OpenAI)(base_url=self.url + "/v1", api_key=self.api_key,
+        return (cls or openai.OpenAI)(base_url=self.url + "/v1", api_key=self.api_key or "unused",
                                       max_retries=0, timeout=30)
 
     def metric(self, name: str) -> float:

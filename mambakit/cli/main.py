@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from mambakit.cli import bench, convert, demo, eval, generate, plot, serve, synth, tokenizer, train
 
@@ -26,7 +27,12 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsA
                PermissionError, FloatingPointError, OSError)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"mambakit: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning  # a user reads one line, not a source location
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb is None:

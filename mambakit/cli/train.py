@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept changed settings, data or tokenizer (with a warning); "
+                        "by default a resume that would change the result is refused")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -71,26 +75,33 @@ def build_model(args, vocab_size: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from mambakit.train import TrainConfig
 
-    from mambakit.data.tokens import load_splits
-    from mambakit.io.checkpoint import load_model
-    from mambakit.train import TrainConfig, TrainingInterrupted, train
-    from mambakit.train.checkpoint import latest_checkpoint
+    from mambakit.train.run_dir import open_run
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"--out {out}: cannot create the run directory ({e.strerror})") from None
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       seq_len=args.seq_len, lr=args.lr, warmup_steps=args.warmup,
                       weight_decay=args.weight_decay, grad_clip=args.grad_clip, dtype=args.dtype,
                       device=args.device, eval_every=args.eval_every, eval_batches=args.eval_batches,
                       ckpt_every=args.ckpt_every, time_budget_s=args.time_budget, fsdp=args.fsdp,
                       seed=args.seed, progress=not args.no_progress)
+    # rank 0 holds the run folder (refusing someone else's files or a concurrent run) before
+    # anything is written into it; under torchrun the other ranks only read and train
+    held = open_run(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with held:
+        return _train_in(out, args, cfg)
+
+
+def _train_in(out: Path, args: argparse.Namespace, cfg) -> int:
+    import torch
+
+    from mambakit.data.tokens import load_splits
+    from mambakit.io.checkpoint import load_model
+    from mambakit.train import TrainingInterrupted, train
+    from mambakit.train.checkpoint import latest_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
     found = latest_checkpoint(out / "checkpoints") if args.resume else None
     tokenizer = resolve_tokenizer(args.tokenizer if args.tokenizer or found is None else found)
     torch.manual_seed(args.seed)
@@ -101,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     train_data, val_data = load_splits(tokenizer, args.data, out / "data", args.text_field, args.max_bytes)
     try:
         result = train(model, train_data, val_data, cfg, out_dir=out, resume=args.resume,
-                       tokenizer=tokenizer)
+                       tokenizer=tokenizer, allow_changes=args.allow_changes)
     except TrainingInterrupted as e:
         print(f"mambakit train: {e}; continue with --resume", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ half-prepared folder is never mistaken for a finished one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -19,7 +20,7 @@ import torch
 
 from mambakit.data.sources import iter_documents
 from mambakit.data.tokenizer import encode_array, token_byte_lengths, tokenizer_fingerprint
-from mambakit.io.atomic import atomic_write_text
+from mambakit.io.atomic import atomic_write_text, default_permissions
 
 FORMAT = "mambakit-tokens"
 SPLITS = ("train", "val")
@@ -32,9 +33,16 @@ class TokenDataset:
     tokens: np.ndarray                  # (n,) uint16 / uint32 / int64
     eos_token_id: Optional[int]
     byte_lengths: torch.Tensor          # (vocab,) bytes of text per token id
+    source_key: Optional[str] = None    # identifies the tokens without reading them (prepared files)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    def fingerprint(self) -> str:
+        """A short id of these tokens: a resumed run checks it is training on the same data."""
+        if self.source_key is not None:
+            return self.source_key
+        return hashlib.sha256(np.ascontiguousarray(self.tokens).tobytes()).hexdigest()[:16]
 
     @classmethod
     def from_tensor(cls, tokens: torch.Tensor, tokenizer) -> "TokenDataset":
@@ -61,6 +69,7 @@ class _TokenWriter:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
+        default_permissions(self.tmp, 0o666)  # mkstemp's 0600 would make only these files private
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -87,6 +96,19 @@ def _header(directory: Path, split: str) -> Optional[dict]:
         return None
 
 
+def _stamp(sources: Optional[Sequence[str]]) -> Optional[list]:
+    """Size and mtime of every file the sources name, so editing the data re-tokenizes it."""
+    if sources is None:
+        return None
+    stamp = []
+    for source in map(Path, sources):
+        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        for f in files:
+            st = f.stat()
+            stamp.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+    return stamp
+
+
 def prepare(out_dir: str | os.PathLike, tokenizer, sources: Optional[Sequence[str]] = None,
             text_field: str = "text", max_bytes: Optional[int] = None) -> Path:
     """Tokenize `sources` (None: the default corpus) into out_dir/{train,val}.{bin,json}.
@@ -98,7 +120,7 @@ def prepare(out_dir: str | os.PathLike, tokenizer, sources: Optional[Sequence[st
     meta = {"format": FORMAT, "version": 1, "tokenizer": tokenizer_fingerprint(tokenizer),
             "vocab_size": tokenizer.vocab_size, "eos_token_id": tokenizer.eos_token_id,
             "sources": None if sources is None else [str(Path(s).resolve()) for s in sources],
-            "text_field": text_field, "max_bytes": max_bytes}
+            "text_field": text_field, "max_bytes": max_bytes, "stamp": _stamp(sources)}
     headers = [_header(out, s) for s in SPLITS]
     if all(h is not None and {k: h.get(k) for k in meta} == meta for h in headers):
         return out
@@ -146,7 +168,8 @@ def open_tokens(directory: str | os.PathLike, split: str, tokenizer) -> TokenDat
         raise ValueError(f"{path}: {size} bytes, but its header promises {header['n_tokens']} "
                          f"{dtype.name} tokens (truncated or replaced?)")
     tokens = np.memmap(path, dtype=dtype, mode="r", shape=(header["n_tokens"],))
-    return TokenDataset(tokens, header["eos_token_id"], token_byte_lengths(tokenizer))
+    key = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
+    return TokenDataset(tokens, header["eos_token_id"], token_byte_lengths(tokenizer), key)
 
 
 def is_prepared(directory: str | os.PathLike) -> bool:

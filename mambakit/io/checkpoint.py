@@ -18,11 +18,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from mambakit.io.atomic import atomic_write, atomic_write_text
 from mambakit.io.files import (
     CONFIG_NAME, TOKENIZER_FILES, WEIGHTS_NAME, CheckpointError, read_config, read_safetensors, read_weights,
+    save_safetensors,
 )
 
 FORMATS = ("mambakit", "transformers", "mamba_ssm")
@@ -108,7 +107,7 @@ def save_weights_dir(directory: Path, config, state: dict[str, torch.Tensor]) ->
     """A mambakit checkpoint directory: `state` as model.safetensors, `config` as config.json."""
     metadata = {"format": "pt", "library": "mambakit"}
     write_model_dir(directory, config.to_dict(), lambda d: atomic_write(
-        d / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata)))
+        d / WEIGHTS_NAME, lambda tmp: save_safetensors(state, tmp, metadata=metadata)))
 
 
 def write_model_dir(directory: Path, config: dict, write_weights) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -49,6 +49,23 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: weights file not found") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from None
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
+    """save_file, then the header's metadata sorted in place: safetensors writes it from a hash
+    map in a random order, so identical checkpoints would differ byte for byte (and checksum)."""
+    save_file(tensors, str(path), metadata=metadata)
+    if not metadata or len(metadata) < 2:
+        return
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) <= size:  # same content, same length; safetensors pads with spaces too
+            f.seek(8)
+            f.write(text.ljust(size))
 
 
 def read_torch_bin(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ disk mid-write leaves the previous checkpoint untouched. No pickle: safetensors 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -93,6 +94,36 @@ def _require(source: Path, found: dict, kinds: dict[str, type]) -> None:
         raise CheckpointError(f"{source}: corrupt checkpoint ({'; '.join(bad)})")
 
 
+def _check_trainer_state(path: Path, state: dict, optimizer) -> None:
+    """A trainer_state.json must agree with its folder's name and with this optimizer: a step
+    of -5, a param group without betas or with garbage in them fails here, not in the update."""
+    source = path / STATE_NAME
+    _require(source, state, {"step": int, "param_groups": list})
+    if path.name != f"{PREFIX}{state['step']:08d}" or state["step"] < 1:
+        raise CheckpointError(f"{source}: corrupt checkpoint (step {state['step']} in a folder "
+                              f"named {path.name})")
+    groups, ours = state["param_groups"], optimizer.param_groups
+    if len(groups) != len(ours) or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointError(f"{source}: corrupt checkpoint ({len(groups)} param groups, this "
+                              f"optimizer has {len(ours)})")
+    for i, (group, mine) in enumerate(zip(groups, ours)):
+        def bad(field: str) -> CheckpointError:
+            return CheckpointError(f"{source}: corrupt checkpoint (param group {i}: {field} is "
+                                   f"{group.get(field)!r})")
+        if not isinstance(group.get("params"), list) or len(group["params"]) != len(mine["params"]):
+            raise bad("params")
+        betas = group.get("betas")
+        if not (isinstance(betas, list) and len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)):
+            raise bad("betas")
+        for field, low in (("lr", 0.0), ("weight_decay", 0.0), ("eps", 1e-30)):
+            if not (_number(group.get(field)) and group[field] >= low):
+                raise bad(field)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def latest_checkpoint(root: str | os.PathLike) -> Optional[Path]:
     """The newest complete checkpoint under `root`, or None."""
     root = Path(root)
@@ -117,18 +148,25 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, core) -> dict:
         raise CheckpointError(f"{path}: unreadable {STATE_NAME} ({e})") from None
     if not isinstance(trainer_state, dict):
         raise CheckpointError(f"{path / STATE_NAME}: expected a JSON object")
-    _require(path / STATE_NAME, trainer_state, {"step": int, "param_groups": list})
+    _check_trainer_state(path, trainer_state, optimizer)
     model_state = read_safetensors(path / WEIGHTS_NAME)
     for alias, source in type(core).tied_weights.items():
         if source in model_state and getattr(core.config, "tie_embeddings", False):
             model_state[alias] = model_state[source]
     tensors = read_safetensors(path / OPTIMIZER_NAME)
     _require(path / OPTIMIZER_NAME, tensors, {"rng/torch": torch.Tensor})
+    rng, want = tensors["rng/torch"], torch.get_rng_state()
+    if rng.dtype != want.dtype or rng.shape != want.shape:
+        raise CheckpointError(f"{path / OPTIMIZER_NAME}: corrupt checkpoint (RNG state of "
+                              f"{rng.dtype} {tuple(rng.shape)}, expected {want.dtype} {tuple(want.shape)})")
     optim_state = _unflatten_optimizer(tensors, trainer_state["param_groups"])
     try:
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path} does not match this model/optimizer ({e})") from None
-    torch.set_rng_state(tensors["rng/torch"])
+    try:
+        torch.set_rng_state(rng)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path / OPTIMIZER_NAME}: corrupt RNG state ({e})") from None
     return trainer_state

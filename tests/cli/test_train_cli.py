@@ -34,10 +34,12 @@ def test_bpe_then_train_on_jsonl_then_eval(tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert abs(result["bits_per_byte"] - summary["val_bits_per_byte"]) < 1.0
+    # training longer changes the schedule: refused unless asked for, then one warning line
     r = mambakit("train", "--steps", "5", "--out", str(run), "--resume", "--data", str(data),
-                 "--text-field", "body", "--json", *TINY)
+                 "--text-field", "body", "--allow-changes", "--json", *TINY)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["resumed_from"] == 3
+    assert "mambakit: warning: resuming" in r.stderr and "steps 3 -> 5" in r.stderr
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):

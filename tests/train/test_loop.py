@@ -1,4 +1,5 @@
 """The training loop: learning, exact resume after Ctrl-C, atomic checkpoints, NaN stops."""
+import json
 import os
 import signal
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from mambakit.data import ByteTokenizer, TokenDataset, token_byte_lengths
-from mambakit.io import checkpoint as io_checkpoint
+from mambakit.io import files as io_files
 from mambakit.io.checkpoint import load_model
 from mambakit.train import TrainConfig, TrainingInterrupted, train
 from mambakit.train import checkpoint as ckpt
@@ -84,7 +85,7 @@ def test_checkpoint_failing_mid_write_leaves_the_previous_one(tmp_path, monkeypa
             raise OSError(28, "No space left on device")
         return real_save(tensors, path, *args, **kwargs)
     monkeypatch.setattr(ckpt, "save_file", failing_save)              # optimizer state
-    monkeypatch.setattr(io_checkpoint, "save_file", failing_save)     # model weights
+    monkeypatch.setattr(io_files, "save_file", failing_save)     # model weights
     with pytest.raises(OSError, match="No space left"):
         train(model(), data, data, config(ckpt_every=2), out_dir=tmp_path)
     root = tmp_path / "checkpoints"
@@ -93,7 +94,7 @@ def test_checkpoint_failing_mid_write_leaves_the_previous_one(tmp_path, monkeypa
     assert good.name == "step-00000002"
     assert torch.isfinite(torch.cat([p.flatten() for p in load_model(good).parameters()])).all()
     monkeypatch.setattr(ckpt, "save_file", real_save)
-    monkeypatch.setattr(io_checkpoint, "save_file", real_save)
+    monkeypatch.setattr(io_files, "save_file", real_save)
     result = train(model(), data, data, config(ckpt_every=2), out_dir=tmp_path, resume=True)
     assert result.resumed_from == 2 and result.steps == 6
 
@@ -134,3 +135,72 @@ def test_bad_config_is_rejected():
         config(dtype="fp8")
     with pytest.raises(ValueError, match="divide evenly"):
         train(model(), corpus(), corpus(), config(batch_size=3, grad_accum=2))
+
+
+def test_update_that_breaks_the_weights_stops_and_is_never_saved(tmp_path):
+    # before: the guard looked only at loss and gradients, so the update of an lr of 1e38 was
+    # saved as "the last good checkpoint" and the final model, all of it non-finite
+    data = corpus()
+    with pytest.raises(FloatingPointError, match=r"update of step 1 made weights non-finite.*"
+                                                 r"not saved \(no checkpoint had been written yet\)"):
+        train(model(), data, data, config(lr=1e38, warmup_steps=0, ckpt_every=1), out_dir=tmp_path / "a")
+    assert ckpt.latest_checkpoint(tmp_path / "a" / "checkpoints") is None
+    assert not (tmp_path / "a" / "model.safetensors").exists()
+
+    net = model()
+
+    def poison(step, record):
+        if step == 2:
+            with torch.no_grad():
+                net.backbone.norm_f.weight.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match=r"step 2 made weights non-finite \(backbone.norm_f"
+                                                 r".*the last good checkpoint is .*step-00000001"):
+        train(net, data, data, config(ckpt_every=1, steps=3), out_dir=tmp_path / "b", on_step=poison)
+    latest = ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints")
+    assert latest.name == "step-00000001"
+    assert all(torch.isfinite(p).all() for p in load_model(latest).parameters())
+    result = train(model(), data, data, config(ckpt_every=1, steps=3), out_dir=tmp_path / "b", resume=True)
+    assert result.resumed_from == 1 and result.steps == 3
+
+
+def test_resume_refuses_changed_settings_or_data_unless_allowed(tmp_path):
+    data = corpus()
+    train(model(), data, data, config(steps=2, ckpt_every=1), out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(steps 2 -> 3; batch_size 2 -> 4; lr 0.01 -> 0.02\).*--allow-changes"):
+        train(model(), data, data, config(steps=3, lr=2e-2, batch_size=4), out_dir=tmp_path, resume=True)
+    other = TokenDataset(data.tokens[::-1].copy(), data.eos_token_id, data.byte_lengths)
+    with pytest.raises(ValueError, match=r"other settings \(data '"):
+        train(model(), other, other, config(steps=2), out_dir=tmp_path, resume=True)
+    with pytest.warns(UserWarning, match=r"changed settings \(steps 2 -> 3\)"):
+        result = train(model(), data, data, config(steps=3), out_dir=tmp_path, resume=True,
+                       allow_changes=True)
+    assert result.resumed_from == 2 and result.steps == 3
+
+
+def test_resume_cleans_orphaned_temps_and_logs_the_final_eval_once(tmp_path):
+    data = corpus()
+    train(model(), data, data, config(steps=2, ckpt_every=1), out_dir=tmp_path)
+    # what kill -9 inside the writers leaves: a checkpoint temp folder, temp files beside the
+    # final model, `latest` and the token cache
+    orphans = [tmp_path / "checkpoints" / ".step-00000003.x1y2", tmp_path / "checkpoints" / ".latest.ab.tmp",
+               tmp_path / ".model.safetensors.cd.tmp", tmp_path / "data" / ".train.bin.ef.tmp"]
+    orphans[0].mkdir()
+    for p in orphans[1:]:
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"half")
+    result = train(model(), data, data, config(steps=2, ckpt_every=1), out_dir=tmp_path, resume=True)
+    assert not any(p.exists() for p in orphans)
+    finals = [r for r in result.history if "loss" not in r]
+    assert [r["step"] for r in finals] == [2]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 2]   # two steps, one final eval
+
+
+def test_identical_runs_write_identical_bytes(tmp_path):
+    # safetensors writes its metadata from a hash map: before, byte order varied between saves
+    net = model()
+    blobs = set()
+    for i in range(8):
+        net.save_pretrained(tmp_path / str(i))
+        blobs.add((tmp_path / str(i) / "model.safetensors").read_bytes())
+    assert len(blobs) == 1

@@ -49,7 +49,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("mambakit.io.checkpoint.save_file", boom)
+    monkeypatch.setattr("mambakit.io.files.save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         tiny_mamba().save_pretrained(tmp_path / "ck")
     assert (tmp_path / "ck" / "model.safetensors").read_bytes() == before

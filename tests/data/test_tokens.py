@@ -111,3 +111,24 @@ def test_check_tokenizer_fits_allows_vocab_padding_only():
     check_tokenizer_fits(neox, model(50304))
     with pytest.raises(ValueError, match="50277 tokens"):
         check_tokenizer_fits(neox, model(50276))
+
+
+def test_edited_data_is_tokenized_again_and_token_files_are_not_private(tmp_path):
+    import os
+    import stat
+
+    src = tmp_path / "a.txt"
+    src.write_text("first version of the text\n" * 20)
+    tok = ByteTokenizer()
+    prepare(tmp_path / "cache", tok, [str(src)])
+    before = open_tokens(tmp_path / "cache", "train", tok)
+    # before: the cache was keyed by the path only, so an edit kept training on stale tokens
+    src.write_text("other version of the text\n" * 20)        # same size
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
+    prepare(tmp_path / "cache", tok, [str(src)])
+    after = open_tokens(tmp_path / "cache", "train", tok)
+    assert bytes(after.tokens[:5].tolist()) == b"other" and after.fingerprint() != before.fingerprint()
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("train.bin", "val.bin", "train.json"):   # before: the .bin files were 0600
+        assert stat.S_IMODE((tmp_path / "cache" / name).stat().st_mode) == 0o666 & ~umask

@@ -1,6 +1,7 @@
 """The training loop: learning, exact resume after Ctrl-C, atomic checkpoints, NaN stops."""
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -204,3 +205,45 @@ def test_identical_runs_write_identical_bytes(tmp_path):
         net.save_pretrained(tmp_path / str(i))
         blobs.add((tmp_path / str(i) / "model.safetensors").read_bytes())
     assert len(blobs) == 1
+
+
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(model(), corpus(), corpus(), config(steps=1), out_dir=out)
+    return out
+
+
+def _corrupt(path, edit):
+    state = json.loads(path.read_text())
+    edit(state)
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda s: s.update(step=-5), r"step -5 in a folder named step-00000001"),
+    (lambda s: s.update(step=1_000_000), r"step 1000000 in a folder named step-00000001"),
+    (lambda s: s["param_groups"][0].update(betas=["x", 7]), r"param group 0: betas is \['x', 7\]"),
+    (lambda s: s["param_groups"][1].update(eps=float("nan")), r"param group 1: eps is nan"),
+    (lambda s: s.update(param_groups=[]), r"0 param groups, this optimizer has 2"),
+])
+def test_corrupt_trainer_state_is_refused_on_resume(one_step_run, tmp_path, edit, match):
+    # before: a traceback, or a step / betas accepted as they were
+    data = corpus()
+    shutil.copytree(one_step_run, tmp_path, dirs_exist_ok=True)
+    _corrupt(tmp_path / "checkpoints" / "step-00000001" / ckpt.STATE_NAME, edit)
+    with pytest.raises(io_files.CheckpointError, match=match):
+        train(model(), data, data, config(steps=1), out_dir=tmp_path, resume=True)
+
+
+def test_corrupt_rng_state_is_refused_on_resume(one_step_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    data = corpus()
+    shutil.copytree(one_step_run, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "checkpoints" / "step-00000001" / ckpt.OPTIMIZER_NAME
+    tensors = load_file(path)
+    tensors["rng/torch"] = tensors["rng/torch"][:100].clone()
+    save_file(tensors, path)
+    with pytest.raises(io_files.CheckpointError, match=r"corrupt checkpoint \(RNG state"):
+        train(model(), data, data, config(steps=1), out_dir=tmp_path, resume=True)

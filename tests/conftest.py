@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Triton reads TRITON_INTERPRET once, when it is imported: set here, before anything imports it,
+# so that without a GPU its kernels run on CPU tensors under the interpreter (test_*_triton.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,1 @@
+"""@triton.jit kernels. Importing anything here imports triton: only ops/*_triton.py do, lazily."""

@@ -85,7 +85,7 @@ class _TritonScan(torch.autograd.Function):
             u, delta, A, B, C, _or(D, dummy), _or(z, dummy), _or(delta_bias, dummy),
             _or(initial_state, dummy), _or(reset, dummy), out, last, ckpt, d, l, n, g, n_chunks,
             **_flags(D, z, delta_bias, softplus, reset), HAS_H0=initial_state is not None,
-            SAVE_CKPT=save, CHUNK=chunk, BLOCK_D=BLOCK_D, BLOCK_N=_pow2(n), ACC=acc_dtype(u.dtype))
+            SAVE_CKPT=save, CHUNK=chunk, BLOCK_D=BLOCK_D, BLOCK_N=pow2(n), ACC=acc_dtype(u.dtype))
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, reset, ckpt)
             ctx.softplus, ctx.has_h0, ctx.grid = softplus, initial_state is not None, grid
@@ -100,7 +100,7 @@ class _TritonScan(torch.autograd.Function):
         b, d, l = u.shape
         g, n = B.shape[1], A.shape[1]
         acc = ckpt.dtype
-        grid, bn = ctx.grid, _pow2(n)
+        grid, bn = ctx.grid, pow2(n)
         f32 = dict(device=u.device, dtype=acc)
         du, ddelta = torch.empty(b, d, l, **f32), torch.empty(b, d, l, **f32)
         dz = torch.empty(b, d, l, **f32) if z is not None else du
@@ -125,7 +125,8 @@ def _or(t: Optional[Tensor], default: Tensor) -> Tensor:
     return default if t is None else t
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
+    """The smallest power of two ≥ n (Triton block sizes are powers of two)."""
     return 1 << max(0, n - 1).bit_length()
 
 

@@ -20,20 +20,10 @@ b = 0 and λ = 0: they never need masking inside the time loops, only at stores.
 import triton
 import triton.language as tl
 
-
-def _inline_when_interpreted(jit_fn):
-    """A @triton.jit device function as is — except under the interpreter, where it is called as
-    the interpreter's own rewritten Python function: the interpreter re-patches triton.language on
-    every @jit call (~3 ms), which would otherwise dominate the tests' run time (same semantics;
-    triton 3.9's interpreter API, left as is where that API differs)."""
-    rewrite = getattr(jit_fn, "rewrite", None)
-    return rewrite() if type(jit_fn).__name__ == "InterpretedFunction" and rewrite else jit_fn
+from mambakit.ops.triton_kernels.common import inline_when_interpreted, row_sum, softplus
 
 
-_sum = _inline_when_interpreted(tl.sum)
-
-
-@_inline_when_interpreted
+@inline_when_interpreted
 @triton.jit
 def _step_inputs(t, u_row, delta_row, B_col, C_col, reset_row, mask_d, mask_n, bias,
                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr,
@@ -45,10 +35,7 @@ def _step_inputs(t, u_row, delta_row, B_col, C_col, reset_row, mask_d, mask_n, b
         delta += bias
     ddelta = 1.0
     if SOFTPLUS:
-        # torch's softplus threshold: above 20 it is the identity (also keeps exp finite).
-        e = tl.exp(tl.minimum(delta, 20.0))
-        ddelta = e / (1.0 + e)
-        delta = tl.where(delta > 20.0, delta, tl.log(1.0 + e))
+        delta, ddelta = softplus(delta)
     Bt = tl.load(B_col + t, mask=mask_n, other=0.0).to(ACC)
     Ct = tl.load(C_col + t, mask=mask_n, other=0.0).to(ACC)
     keep = 1.0
@@ -95,7 +82,7 @@ def selective_scan_fwd_kernel(
                 HAS_BIAS, SOFTPLUS, HAS_RESET, ACC)
             # h_t = Ā_t h_{t-1} + B̄_t u_t, Ā_t = exp(Δ_t A)
             h = tl.exp(delta[:, None] * A) * keep * h + (delta * u)[:, None] * Bt[None, :]
-            y = _sum(h * Ct[None, :], axis=1) + Dv * u              # (BLOCK_D,)
+            y = row_sum(h * Ct[None, :], axis=1) + Dv * u              # (BLOCK_D,)
             if HAS_Z:
                 zt = tl.load(z_row + t, mask=mask_d, other=0.0).to(ACC)
                 y *= zt / (1.0 + tl.exp(-zt))                         # SiLU(z)
@@ -166,18 +153,18 @@ def selective_scan_bwd_kernel(
             if HAS_Z:
                 zt = tl.load(z_row + t, mask=mask_d, other=0.0).to(ACC)
                 sig = 1.0 / (1.0 + tl.exp(-zt))
-                s = _sum(h * Ct[None, :], axis=1) + Dv * u          # y before the gate
+                s = row_sum(h * Ct[None, :], axis=1) + Dv * u          # y before the gate
                 tl.store(dz_row + t, ds * s * sig * (1.0 + zt * (1.0 - sig)), mask=mask_d)
                 ds *= zt * sig
             lam = ds[:, None] * Ct[None, :] + nu                      # λ_t
-            lam_B = _sum(lam * Bt[None, :], axis=1)                 # Σ_n λ B_t
+            lam_B = row_sum(lam * Bt[None, :], axis=1)                 # Σ_n λ B_t
             lam_ha = lam * (h - bu)                                   # λ_t Ā_t h_{t-1}
             dA += delta[:, None] * lam_ha
             dD += ds * u
             tl.store(du_row + t, ds * Dv + delta * lam_B, mask=mask_d)
-            tl.store(ddelta_row + t, (lam_B * u + _sum(lam_ha * A, axis=1)) * ddelta_dlin, mask=mask_d)
-            tl.atomic_add(dB_col + t, _sum(lam * (delta * u)[:, None], axis=0), mask=mask_n)
-            tl.atomic_add(dC_col + t, _sum(ds[:, None] * h, axis=0), mask=mask_n)
+            tl.store(ddelta_row + t, (lam_B * u + row_sum(lam_ha * A, axis=1)) * ddelta_dlin, mask=mask_d)
+            tl.atomic_add(dB_col + t, row_sum(lam * (delta * u)[:, None], axis=0), mask=mask_n)
+            tl.atomic_add(dC_col + t, row_sum(ds[:, None] * h, axis=0), mask=mask_n)
             nu = a * lam                                              # ν_t
     tl.store(dA_ptr + state, dA, mask=mask_dn)
     if HAS_D:

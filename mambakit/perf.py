@@ -12,13 +12,22 @@ from typing import Callable
 import torch
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings of CUDA calls mean something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
+                   device: torch.device = torch.device("cpu")) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -63,14 +72,17 @@ def decode_latency_ms(model, context: int, n_tokens: int = 8, seed: int = 0) -> 
     from mambakit.generation import prefill
 
     model.eval()
+    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.vocab_size, (1, context), generator=g)
+    ids = torch.randint(0, model.vocab_size, (1, context), generator=g).to(device)
     cache = model.allocate_cache(1, max_seqlen=context + n_tokens + 1)
     logits = prefill(model, ids, cache)
     times = []
     for _ in range(n_tokens + 1):   # the first step warms up allocations; not counted
         token = logits[:, :model.vocab_size].argmax(-1)
+        synchronize(device)
         start = time.perf_counter()
         logits = model.step(token, cache)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times[1:])

@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--request-timeout", type=non_negative_float,
                    help="seconds a request may take; then it ends with finish_reason 'length'")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* and /metrics")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch threads for the model (default: torch's, one per core)")
     p.set_defaults(func=run)
 
 
@@ -50,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from mambakit.serve.protocol import load_chat_template
     from mambakit.serve.run import serve_forever
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer)
     if args.dtype == "bf16":
         model = model.to(torch.bfloat16)

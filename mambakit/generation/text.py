@@ -9,6 +9,8 @@ from typing import Iterator, Optional, Sequence
 
 from mambakit.generation.steps import pad_prompts, stream
 
+MAX_PENDING = 16   # tokens a trailing U+FFFD may wait for the rest of its character (see _decode_new)
+
 
 class TextDecoder:
     """Turns one row's growing token list into text pieces that are safe to print at once: never
@@ -64,10 +66,19 @@ class TextDecoder:
     def _decode_new(self, final: bool) -> str:
         """Text of the tokens after the window's context, or "" while it ends mid-character."""
         context = self.tokenizer.decode(self.ids[self._prefix:self._read])
-        full = self.tokenizer.decode(self.ids[self._prefix:])
-        if len(full) <= len(context) or (full.endswith("\ufffd") and not final):
+        end = len(self.ids)
+        full = self.tokenizer.decode(self.ids[self._prefix:end])
+        if full.endswith("\ufffd") and not final:
+            if end - self._read < MAX_PENDING:
+                return ""
+            # Undecodable output rather than a character in flight (which would have started in
+            # the last 3 tokens: UTF-8 needs at most 4 bytes, a token carries one or more): all
+            # before those is final, so the window moves on instead of growing with the garbage.
+            end -= 3
+            full = self.tokenizer.decode(self.ids[self._prefix:end])
+        if len(full) < len(context):
             return ""
-        self._prefix, self._read = self._read, len(self.ids)
+        self._prefix, self._read = self._read, end
         return full[len(context):]
 
     def _emit(self, end: int) -> str:

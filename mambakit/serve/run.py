@@ -49,7 +49,7 @@ class ServerThread:
         self.stop()
 
 
-def serve_forever(app, host: str, port: int) -> None:
+def serve_forever(app, host: str, port: int, log_level: str = "info") -> None:
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -178,3 +178,14 @@ def test_an_error_in_one_request_fails_only_that_request():
         assert s.metric("errors_total") == 1
     finally:
         s.close()
+
+
+def test_a_request_past_its_timeout_ends_with_length():
+    s = Served(tiny_byte_mamba(), request_timeout=0.5)
+    try:
+        r = s.client().completions.create(model="tiny", prompt="a", max_tokens=1_000_000,
+                                          extra_body={"ignore_eos": True})
+        assert r.choices[0].finish_reason == "length" and 0 < r.usage.completion_tokens < 1_000_000
+        s.wait_for("live_states", 0)
+    finally:
+        s.close()

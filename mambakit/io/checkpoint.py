@@ -95,18 +95,24 @@ def save_model(model, directory: str | os.PathLike, format: str = "mambakit") ->
     """Write `model` to `directory` in `format` ("mambakit", "transformers" or "mamba_ssm")."""
     if format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {format!r}; choose from {list(FORMATS)}")
+    quantization = getattr(model, "quantization", None)
+    if format != "mambakit" and quantization not in (None, "fp32"):
+        raise ValueError(f"a {quantization} model saves only in the mambakit format; "
+                         f"load the original weights to export them as {format}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if format != "mambakit":
         _format_module(format, model.config.model_type).save(model, directory)
         return
-    save_weights_dir(directory, model.config, export_state(model))
+    extra = {} if quantization in (None, "fp32") else {"quantization": quantization}
+    save_weights_dir(directory, model.config, export_state(model), extra)
 
 
-def save_weights_dir(directory: Path, config, state: dict[str, torch.Tensor]) -> None:
-    """A mambakit checkpoint directory: `state` as model.safetensors, `config` as config.json."""
+def save_weights_dir(directory: Path, config, state: dict[str, torch.Tensor], extra: dict | None = None) -> None:
+    """A mambakit checkpoint directory: `state` as model.safetensors, `config` (+ `extra` fields,
+    e.g. "quantization") as config.json."""
     metadata = {"format": "pt", "library": "mambakit"}
-    write_model_dir(directory, config.to_dict(), lambda d: atomic_write(
+    write_model_dir(directory, {**config.to_dict(), **(extra or {})}, lambda d: atomic_write(
         d / WEIGHTS_NAME, lambda tmp: save_safetensors(state, tmp, metadata=metadata)))
 
 
@@ -166,6 +172,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     from mambakit.models import model_class
 
     data = read_config(directory)
+    quantization = data.pop("quantization", None)
     config_path = Path(directory) / CONFIG_NAME
     fmt, name = detect_architecture(data, config_path)
     cls = model_class(name)
@@ -185,6 +192,13 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         model = cls(config)
     model = model.to_empty(device=device)
     model.tie_weights()  # to_empty makes every parameter a new object
+    if quantization is not None:
+        from mambakit.models.quantize import quantize
+
+        try:
+            quantize(model, quantization)  # the packed layout; the weights come next
+        except ValueError as e:
+            raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: {e}") from None
     load_state_into(model, state, source)
     return model.eval()
 

@@ -102,7 +102,7 @@ class MixerLM(LanguageModel):
             h = layer(h, None if cache is None else cache.layers[i], attention_mask, **mixer_kwargs)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
-        return self.lm_head(self.backbone.norm_f(h.to(self.lm_head.weight.dtype)))  # (b, l, vocab)
+        return self.lm_head(self.backbone.norm_f(h.to(self.backbone.embedding.weight.dtype)))  # (b, l, vocab)
 
     def step(self, tokens: Tensor, cache: RecurrentCache) -> Tensor:
         self.check_input_ids(tokens, dims=(1,))
@@ -110,6 +110,6 @@ class MixerLM(LanguageModel):
         for layer, state in zip(self.backbone.layers, cache.layers):
             h = layer.step(h, state)
         cache.seqlen_offset += 1
-        return self.lm_head(self.backbone.norm_f(h.to(self.lm_head.weight.dtype)))  # (b, vocab)
+        return self.lm_head(self.backbone.norm_f(h.to(self.backbone.embedding.weight.dtype)))  # (b, vocab)
 
 

@@ -245,4 +245,4 @@ class TransformerLM(LanguageModel):
             rotary = rotary_angles(positions, self.config.head_dim, self.config.rope_theta)
         for i, layer in enumerate(self.backbone.layers):
             h = layer(h, rotary, allowed, None if cache is None else cache.layers[i], offset)
-        return self.lm_head(self.backbone.norm_f(h.to(self.lm_head.weight.dtype)))  # (b, l, vocab)
+        return self.lm_head(self.backbone.norm_f(h.to(self.backbone.embedding.weight.dtype)))  # (b, l, vocab)

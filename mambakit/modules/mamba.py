@@ -87,7 +87,7 @@ class MambaMixer(nn.Module):
     # ------------------------------------------------------------------------------------------
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
         device = device or self.in_proj.weight.device
-        dtype = dtype or self.in_proj.weight.dtype
+        dtype = dtype or self.conv1d.weight.dtype
         return MambaState(torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
                           torch.zeros(batch_size, self.d_inner, self.d_state, device=device))
 

@@ -64,7 +64,7 @@ class Mamba2Mixer(nn.Module):
     # ------------------------------------------------------------------------------------------
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> Mamba2State:
         device = device or self.in_proj.weight.device
-        dtype = dtype or self.in_proj.weight.dtype
+        dtype = dtype or self.conv1d.weight.dtype
         return Mamba2State(
             torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
             torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device))

@@ -12,6 +12,7 @@ from mambakit.ops.state_update import (
     available_state_update_backends, register_state_update_backend, selective_state_update,
     selective_state_update_ref,
 )
+from mambakit.ops.linear import linear, linear_ref
 from mambakit.ops.ssd import available_ssd_backends, register_ssd_backend, ssd_scan, ssd_scan_ref, ssd_step
 # Importing these registers the scan's "parallel", "cpu" and "triton" backends, the decode step's
 # "cpu" and "triton" backends (the C++ kernels compile lazily; triton is imported only when a
@@ -22,7 +23,7 @@ __all__ = [
     "selective_scan", "selective_scan_ref", "register_backend", "available_backends", "ScanBackend",
     "ssd_scan", "ssd_scan_ref", "ssd_step", "register_ssd_backend", "available_ssd_backends",
     "selective_state_update", "selective_state_update_ref", "register_state_update_backend",
-    "available_state_update_backends",
+    "available_state_update_backends", "linear", "linear_ref",
     "causal_conv1d", "causal_conv1d_step", "causal_conv1d_step_ref",
     "ContinuousSSM", "zoh", "zoh_diag", "bilinear", "bilinear_diag", "simulate",
     "hippo_legs", "hippo_legt", "nplr_legs", "dplr_legs_half", "reconstruction_demo",

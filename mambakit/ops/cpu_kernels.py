@@ -11,7 +11,7 @@ hash no longer matches (a truncated copy, a disk error) is rebuilt, never loaded
 missing or compilation fails, `available()` says why and the ops' "auto" falls back to "ref".
 
 Leaves on top of this module: scan_cpu.py (selective scan fwd/bwd), step_cpu.py (one-token decode
-step). A new kernel is a csrc/ file plus its entry in `_SIGNATURES`.
+step), linear.py (matrix-vector products for decoding). A new kernel is a csrc/ file plus its entry in `_SIGNATURES`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp"]  # linked into one library
+SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp", CSRC / "gemv.cpp"]  # linked into one library
 HEADERS = [CSRC / "fastmath.h"]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]
 
@@ -57,6 +57,8 @@ _SIGNATURES = {
     # B, B_bstride, B_gstride, C, C_bstride, C_gstride, g, D, z, z_stride, y, b, d, n
     "mk_state_update_f32": [_P, _P, _P, _I, _P, _I, _P, _I32, _P,
                             _P, _I, _I, _P, _I, _I, _I, _P, _P, _I, _P, _I, _I, _I],
+    # x, x_stride, w, scale, bias, y, y_stride, m, n, k, threads
+    **{f"mk_gemv_{w}": [_P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32] for w in ("f32", "bf16", "i8")},
 }
 
 _lock = threading.Lock()

@@ -1,8 +1,10 @@
-"""The fused CPU backends of the one-token decode ops (csrc/decode_step.cpp via ops/cpu_kernels.py).
+"""The CPU backends of the one-token decode ops (csrc/decode_step.cpp, csrc/gemv.cpp via
+ops/cpu_kernels.py).
 
 Two calls per layer replace ~30 tiny eager ops between the mixer's matmuls:
 `selective_state_update` backend "cpu" (twin: selective_state_update_ref) and
-`causal_conv1d_step` backend "cpu" (twin: causal_conv1d_step_ref); tests compare them.
+`causal_conv1d_step` backend "cpu" (twin: causal_conv1d_step_ref); tests compare them. `linear`
+backend "cpu" (twin: linear_ref) streams fp32 / bf16 / int8 weights for matrix-vector products.
 
 The kernels compute in fp32 and are not differentiable: when autograd needs the result, or for
 fp64 inputs (kept exact for gradcheck), these backends hand the call to the reference twin.
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from mambakit.ops.conv import STEP_REGISTRY, causal_conv1d_step_ref
 from mambakit.ops.cpu_kernels import available, library, ptr
+from mambakit.ops.linear import REGISTRY as LINEAR_REGISTRY, linear_ref
 from mambakit.ops.registry import Backend
 from mambakit.ops.state_update import REGISTRY, selective_state_update_ref
 
@@ -79,3 +82,29 @@ def state_update_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
 
 REGISTRY.register(Backend("cpu", state_update_cpu, available, "fused C++/OpenMP kernel"), auto_for=("cpu",))
 STEP_REGISTRY.register(Backend("cpu", conv_step_cpu, available, "fused C++/OpenMP kernel"), auto_for=("cpu",))
+
+
+MAX_GEMV_ROWS = 16  # more rows of x than this: a matrix-matrix product, where torch's GEMM wins
+_GEMV = {torch.float32: "mk_gemv_f32", torch.bfloat16: "mk_gemv_bf16", torch.int8: "mk_gemv_i8"}
+
+
+def linear_cpu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+               scale: Optional[Tensor] = None) -> Tensor:
+    """`linear` for decoding: one pass over the weights for up to MAX_GEMV_ROWS rows of x, fp32
+    accumulation; longer inputs, autograd and fp64 go to the reference."""
+    k, n = x.shape[-1], weight.shape[0]
+    rows = x.numel() // k if k else 0
+    if rows == 0 or rows > MAX_GEMV_ROWS or _needs_reference(x, weight, bias, scale):
+        return linear_ref(x, weight, bias, scale)
+    x2 = _rows(x.reshape(rows, k).to(_F32))                              # (m, k)
+    weight = weight.contiguous()
+    scale = None if scale is None else scale.to(_F32).contiguous()
+    bias = None if bias is None else bias.to(_F32).contiguous()
+    y = x2.new_empty(rows, n)
+    w = weight.view(torch.int16) if weight.dtype == torch.bfloat16 else weight   # bf16 as raw bits
+    getattr(library(), _GEMV[weight.dtype])(ptr(x2), x2.stride(0), ptr(w), ptr(scale), ptr(bias), ptr(y),
+                                            n, rows, n, k, torch.get_num_threads())
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+LINEAR_REGISTRY.register(Backend("cpu", linear_cpu, available, "weight-streaming C++ GEMV"), auto_for=("cpu",))

@@ -1,0 +1,86 @@
+"""mambakit.quantize: bf16 / int8 weights on a briefly trained Mamba keep its predictions (top-1
+agreement and bits/byte against fp32), decode equals forward in every format, saves and loads."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mambakit
+from mambakit import MambaConfig, MambaLM
+from mambakit.data.corpus import stdlib_root
+from mambakit.models.quantize import weight_bytes
+
+
+def _bytes(name: str) -> torch.Tensor:
+    return torch.tensor(list((stdlib_root() / name).read_bytes()), dtype=torch.long)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small byte-level Mamba after 100 AdamW steps on one stdlib file: enough for confident,
+    text-shaped predictions (random weights give near-ties that any rounding flips). One thread:
+    tiny ops on a shared machine only lose time to thread hand-offs."""
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=96, n_layer=2, vocab_size=256, d_state=8))
+    data = _bytes("argparse.py")
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for step in range(100):
+        starts = torch.randint(0, len(data) - 65, (8,))
+        batch = torch.stack([data[s:s + 65] for s in starts.tolist()])
+        loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    held_out = _bytes("textwrap.py")[:1025][None]                         # another file
+    return model.eval(), held_out
+
+
+def _bits_per_byte(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return F.cross_entropy(logits[0, :, :256].float(), targets[0]).item() / math.log(2)
+
+
+@pytest.mark.parametrize("fmt,max_bpb_change", [("bf16", 0.005), ("int8", 0.01)])
+def test_quantized_model_keeps_top1_and_bits_per_byte(trained, fmt, max_bpb_change):
+    model, text = trained
+    inputs, targets = text[:, :-1], text[:, 1:]
+    quantized = mambakit.quantize(copy.deepcopy(model), fmt)
+    with torch.inference_mode():
+        ref, got = model(inputs), quantized(inputs)
+    agreement = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    bpb_ref, bpb = _bits_per_byte(ref, targets), _bits_per_byte(got, targets)
+    assert bpb_ref < 4.5                                                   # it did learn (8 = uniform)
+    assert agreement >= 0.99, agreement
+    assert abs(bpb - bpb_ref) / bpb_ref <= max_bpb_change, (bpb, bpb_ref)
+    assert weight_bytes(quantized) < weight_bytes(model)
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8"])
+def test_decode_equals_forward_and_save_load_is_exact(trained, fmt, tmp_path):
+    model, text = trained
+    quantized = mambakit.quantize(copy.deepcopy(model), fmt)
+    ids = text[:, :12].repeat(2, 1)
+    with torch.inference_mode():
+        full = quantized(ids)
+        cache = quantized.allocate_cache(2)
+        steps = torch.stack([quantized.step(ids[:, t], cache) for t in range(12)], 1)
+        torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
+        quantized.save_pretrained(tmp_path)
+        loaded = MambaLM.from_pretrained(tmp_path)
+        assert getattr(loaded, "quantization", None) == (None if fmt == "fp32" else fmt)
+        assert torch.equal(loaded(ids), full)
+
+
+def test_unknown_format_and_double_quantization_are_refused(trained):
+    model = copy.deepcopy(trained[0])
+    with pytest.raises(ValueError, match=r"unknown weight format 'int4'; choose from \['fp32', 'bf16', 'int8'\]"):
+        mambakit.quantize(model, "int4")
+    mambakit.quantize(model, "int8")
+    with pytest.raises(ValueError, match="already quantized to int8"):
+        mambakit.quantize(model, "bf16")
+    with pytest.raises(ValueError, match="saves only in the mambakit format"):
+        model.save_pretrained("unused-dir", format="transformers")

@@ -198,7 +198,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         try:
             quantize(model, quantization)  # the packed layout; the weights come next
         except ValueError as e:
-            raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: {e}") from None
+            raise CheckpointError(f"{config_path}: {e}") from None
     load_state_into(model, state, source)
     return model.eval()
 

@@ -16,8 +16,10 @@ from mambakit.ops.linear import linear, linear_ref
 from mambakit.ops.ssd import available_ssd_backends, register_ssd_backend, ssd_scan, ssd_scan_ref, ssd_step
 # Importing these registers the scan's "parallel", "cpu" and "triton" backends, the decode step's
 # "cpu" and "triton" backends (the C++ kernels compile lazily; triton is imported only when a
-# triton backend runs) and SSD's "quadratic" and "chunked" ones.
-from mambakit.ops import scan_parallel, scan_cpu, scan_triton, ssd_chunked, step_cpu, step_triton  # noqa: F401,E402
+# triton backend runs) and SSD's "quadratic", "chunked" and "triton" ones.
+from mambakit.ops import (  # noqa: F401,E402
+    scan_cpu, scan_parallel, scan_triton, ssd_chunked, ssd_triton, step_cpu, step_triton,
+)
 
 __all__ = [
     "selective_scan", "selective_scan_ref", "register_backend", "available_backends", "ScanBackend",

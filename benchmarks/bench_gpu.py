@@ -10,6 +10,9 @@ Measured, medians of --repeats runs after a warm-up (which also compiles the ker
   each: time, state elements/s (B·D·L·N / time), peak extra GPU memory, and the HBM bound — the
   bytes the op must move at least (read u, Δ, z, B, C, write y; the backward also reads dy and
   writes every gradient) over the copy bandwidth measured in the same run;
+- Mamba-2 SSD forward (prefill) at the 130M shape (24 heads × 64, d_state 128) at the first two
+  lengths: the Triton kernel against the chunked PyTorch form and mamba_ssm's
+  mamba_chunk_scan_combined, with the same HBM bound (read x, Δ, B, C, write y);
 - a 130M Mamba (d768 × 24) training step (bf16 autocast, fused AdamW), tokens/s, per scan backend;
 - decode ms/token (batch 1) with the decode ops "auto" picks (Triton on CUDA) at contexts 128 and
   8192, and with their PyTorch references at 128 (decode cost is flat in the context).
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 
 from mambakit import MambaConfig, MambaLM
 from mambakit.io.atomic import atomic_write, atomic_write_text
-from mambakit.ops import available_backends, selective_scan
+from mambakit.ops import available_backends, available_ssd_backends, selective_scan, ssd_scan
 from mambakit.ops.state_update import REGISTRY as state_update_registry
 from mambakit.perf import decode_latency_ms, median_seconds, synchronize
 
@@ -94,42 +97,76 @@ def scan_bytes(b: int, d: int, l: int, n: int, itemsize: int, backward: bool) ->
     return fwd + (7 * per_d + 4 * per_n if backward else 0)
 
 
+def measure(row: dict, deadline: float, fn) -> dict:
+    """fn(row) fills in the row's figures, unless the time budget is spent; errors are results."""
+    if time.perf_counter() > deadline:
+        row["skipped"] = "time budget"
+    else:
+        try:
+            fn(row)
+        except Exception as exc:  # noqa: BLE001 — a failing case (or peer) is a result, not a crash
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def time_op(row: dict, once, nbytes: int, elements: int, repeats: int, device, bandwidth: float) -> None:
+    """Median time of once(), elements/s, the HBM bound of nbytes and the share of it reached,
+    and (on CUDA) the peak memory allocated beyond what was live before."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    seconds = median_seconds(once, repeats, device=device)
+    row.update(median_s=seconds, elements_per_s=elements / seconds, hbm_bound_s=nbytes / bandwidth,
+               fraction_of_bound=nbytes / bandwidth / seconds)
+    if device.type == "cuda":
+        row["peak_extra_bytes"] = torch.cuda.max_memory_allocated(device) - base
+
+
 def bench_scan(args, device, dtype, impls, bandwidth, deadline) -> list:
-    rows = []
-    for l in args.lengths:
-        for backward in (False, True):
-            for impl in impls:
-                row = dict(impl=impl, L=l, backward=backward)
-                rows.append(row)
-                if time.perf_counter() > deadline:
-                    row["skipped"] = "time budget"
-                    continue
-                try:
-                    x, f = scan_inputs(args.batch, args.d, l, args.n, device, dtype), scan_fn(impl)
-                    dy = torch.randn(args.batch, args.d, l, device=device, dtype=dtype)
+    def case(row):
+        b, d, l, n = args.batch, args.d, row["L"], args.n
+        x, f = scan_inputs(b, d, l, n, device, dtype), scan_fn(row["impl"])
+        dy = torch.randn(b, d, l, device=device, dtype=dtype)
 
-                    def once():
-                        if backward:
-                            torch.autograd.grad(f(**x), list(x.values()), dy)
-                        else:
-                            with torch.no_grad():
-                                f(**x)
+        def once():
+            if row["backward"]:
+                torch.autograd.grad(f(**x), list(x.values()), dy)
+            else:
+                with torch.no_grad():
+                    f(**x)
 
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-                    seconds = median_seconds(once, args.repeats, device=device)
-                    bound = scan_bytes(args.batch, args.d, l, args.n, dtype.itemsize, backward) / bandwidth
-                    row.update(median_s=seconds, elements_per_s=args.batch * args.d * l * args.n / seconds,
-                               hbm_bound_s=bound, fraction_of_bound=bound / seconds)
-                    if device.type == "cuda":
-                        row["peak_extra_bytes"] = torch.cuda.max_memory_allocated(device) - base
-                except Exception as exc:  # noqa: BLE001 — a failing peer is a result, not a crash
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                finally:
-                    x = dy = None
-                print(json.dumps(row), flush=True)
-    return rows
+        time_op(row, once, scan_bytes(b, d, l, n, dtype.itemsize, row["backward"]), b * d * l * n,
+                args.repeats, device, bandwidth)
+
+    return [measure(dict(impl=impl, L=l, backward=backward), deadline, case)
+            for l in args.lengths for backward in (False, True) for impl in impls]
+
+
+def bench_ssd(args, device, dtype, impls, bandwidth, deadline) -> list:
+    """Mamba-2 SSD forward (inference/prefill) at the 130M shape: h=24 heads of p=64, n=128, g=1."""
+    h, p, n = (2, 4, 8) if args.dry_run else (24, 64, 128)
+
+    def case(row):
+        b, l = args.batch, row["L"]
+        g = torch.Generator().manual_seed(0)
+        r = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+        x = dict(x=r(b, l, h, p).to(dtype), dt=(r(b, l, h) - 3).to(dtype), A=-torch.rand(h, generator=g).to(device) - 0.5,
+                 B=r(b, l, 1, n).to(dtype), C=r(b, l, 1, n).to(dtype), D=r(h), dt_bias=r(h) * 0.1)
+        if row["impl"] == "mamba_ssm":
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as f
+        else:
+            f = lambda **kw: ssd_scan(**kw, backend=row["impl"])  # noqa: E731
+
+        def once():
+            with torch.no_grad():
+                f(**x, chunk_size=256, dt_softplus=True)
+
+        nbytes = (2 * b * l * h * p + b * l * h + 2 * b * l * n) * dtype.itemsize
+        time_op(row, once, nbytes, b * l * h * p * n, args.repeats, device, bandwidth)
+
+    return [measure(dict(impl=impl, L=l, heads=h, headdim=p, d_state=n), deadline, case)
+            for l in args.lengths[:2] for impl in impls]
 
 
 def bench_model(args, device, backends, deadline) -> dict:
@@ -149,17 +186,6 @@ def bench_model(args, device, backends, deadline) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def measure(row: dict, fn) -> dict:
-        if time.perf_counter() > deadline:
-            row["skipped"] = "time budget"
-        else:
-            try:
-                fn(row)
-            except Exception as exc:  # noqa: BLE001 — recorded, the run goes on
-                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-        print(json.dumps(row), flush=True)
-        return row
-
     def train(row):
         model.set_scan_backend(row["scan_backend"])
         model.train()
@@ -170,11 +196,29 @@ def bench_model(args, device, backends, deadline) -> dict:
         for context in row.pop("contexts"):
             row[f"ms_per_token_ctx{context}"] = decode_latency_ms(model, context)
 
-    training = [measure(dict(scan_backend=b, L=args.train_length, batch=args.batch), train) for b in backends]
+    training = [measure(dict(scan_backend=b, L=args.train_length, batch=args.batch), deadline, train)
+                for b in backends]
     auto = state_update_registry.resolve("auto", device).name
-    decoding = [measure(dict(decode_ops=f"auto ({auto})", scan_backend="auto", contexts=args.contexts), decode),
-                measure(dict(decode_ops="ref", scan_backend="ref", contexts=args.contexts[:1]), decode)]
+    decoding = [measure(dict(decode_ops=f"auto ({auto})", scan_backend="auto", contexts=args.contexts), deadline, decode),
+                measure(dict(decode_ops="ref", scan_backend="ref", contexts=args.contexts[:1]), deadline, decode)]
     return dict(name="tiny" if args.dry_run else "130M", training=training, decode=decoding)
+
+
+def _time_panel(ax, rows: list, title: str) -> None:
+    """ms against L per implementation, log-log, with the HBM bound dashed."""
+    for impl in dict.fromkeys(r["impl"] for r in rows):
+        pts = [r for r in rows if r["impl"] == impl and "median_s" in r]
+        if pts:
+            ax.plot([r["L"] for r in pts], [1e3 * r["median_s"] for r in pts], "o-", label=impl)
+    bounds = {r["L"]: r["hbm_bound_s"] for r in rows if "hbm_bound_s" in r}
+    if bounds:
+        ax.plot(sorted(bounds), [1e3 * bounds[l] for l in sorted(bounds)], "k--", label="HBM bound")
+        ax.legend()
+    lengths = sorted({r["L"] for r in rows})
+    ax.set_xscale("log")
+    ax.set_xticks(lengths, [f"{l // 1024}k" if l % 1024 == 0 else str(l) for l in lengths])
+    ax.minorticks_off()
+    ax.set(yscale="log", xlabel="L", ylabel="ms", title=title)
 
 
 def plot(report: dict, path: Path) -> None:
@@ -183,29 +227,16 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    shape = report["shape"]
     for ax, backward in zip(axes[:2], (False, True)):
-        for impl in report["scan_impls"]:
-            pts = [r for r in report["scan"] if r["impl"] == impl and r["backward"] == backward and "median_s" in r]
-            if pts:
-                ax.plot([r["L"] for r in pts], [1e3 * r["median_s"] for r in pts], "o-", label=impl)
-        bound = [r for r in report["scan"] if r["backward"] == backward and "hbm_bound_s" in r]
-        if bound:
-            ls = sorted({r["L"] for r in bound})
-            ax.plot(ls, [1e3 * next(r["hbm_bound_s"] for r in bound if r["L"] == l) for l in ls], "k--",
-                    label="HBM bound")
-        lengths = sorted({r["L"] for r in report["scan"]})
-        ax.set_xscale("log")
-        ax.set_xticks(lengths, [f"{l // 1024}k" if l % 1024 == 0 else str(l) for l in lengths])
-        ax.minorticks_off()
-        ax.set(yscale="log", xlabel="L", ylabel="ms",
-               title=f"scan {'fwd+bwd' if backward else 'fwd'}, B={report['shape']['batch']} "
-                     f"D={report['shape']['d']} N={report['shape']['n']}")
-        ax.legend()
+        _time_panel(ax, [r for r in report["scan"] if r["backward"] == backward],
+                    f"scan {'fwd+bwd' if backward else 'fwd'}, B={shape['batch']} D={shape['d']} N={shape['n']}")
     models = [r for r in report["model"]["training"] if "tokens_per_s" in r]
     axes[2].bar([r["scan_backend"] for r in models], [r["tokens_per_s"] for r in models])
-    axes[2].set(ylabel="tokens/s", title=f"{report['model']['name']} training, B={report['shape']['batch']} "
-                                         f"L={report['shape']['train_length']}, per scan backend")
+    axes[2].set(ylabel="tokens/s", title=f"{report['model']['name']} training, B={shape['batch']} "
+                                         f"L={shape['train_length']}, per scan backend")
+    _time_panel(axes[3], report["ssd"], f"Mamba-2 SSD forward, B={shape['batch']}")
     fig.suptitle(report["device"], fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
@@ -236,6 +267,8 @@ def main(argv=None) -> dict:
                   scan_impls=ours + peers, unavailable={k: v for k, v in available_backends(device).items()
                                                         if v is not None and k in ("triton", "parallel")})
     report["scan"] = bench_scan(args, device, dtype, ours + peers, bandwidth, deadline)
+    ssd_impls = [name for name in ("triton", "chunked") if available_ssd_backends(device)[name] is None]
+    report["ssd"] = bench_ssd(args, device, dtype, ssd_impls + peers, bandwidth, deadline)
     report["model"] = bench_model(args, device, ours, deadline)
     report["seconds"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,5 +32,6 @@ def test_dry_run_writes_report_and_plot(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
     assert report["dry_run"] and report["copy_bandwidth_bytes_per_s"] > 0
     assert {(row["L"], row["backward"]) for row in report["scan"]} == {(12, False), (12, True), (20, False), (20, True)}
-    assert all(row["skipped"] == "time budget" for row in report["scan"] + report["model"]["training"])
+    assert {row["L"] for row in report["ssd"]} == {12, 20}
+    assert all(row["skipped"] == "time budget" for row in report["scan"] + report["ssd"] + report["model"]["training"])
     assert "parallel" in report["scan_impls"]

@@ -160,17 +160,20 @@ def test_compiled_kernels_are_cached_verified_and_rebuilt_when_corrupt(monkeypat
     assert cpu_kernels.compile_seconds() is not None       # ... and rebuilds a corrupt one
 
 
-def test_mamba_lm_same_logits_and_grads_with_ref_and_cpu_backends():
-    model = tiny_mamba(d_state=16)
-    ids = torch.randint(0, 50, (2, 13))
+def assert_mamba_lm_same_logits_and_grads(backend, model, ids):
+    """A user's view of a backend: the model's logits and every parameter gradient equal "ref"'s."""
     results = []
-    for backend in ("ref", "cpu"):
-        model.set_scan_backend(backend)
+    for name in ("ref", backend):
+        model.set_scan_backend(name)
         model.zero_grad()
         logits = model(ids)
         logits.float().pow(2).mean().backward()
         results.append((logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
-    (logits_ref, grads_ref), (logits_cpu, grads_cpu) = results
-    torch.testing.assert_close(logits_cpu, logits_ref, atol=1e-5, rtol=1e-5)
+    (logits_ref, grads_ref), (logits_fast, grads_fast) = results
+    torch.testing.assert_close(logits_fast, logits_ref, atol=1e-5, rtol=1e-5)
     for name, grad in grads_ref.items():
-        torch.testing.assert_close(grads_cpu[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(grads_fast[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_mamba_lm_same_logits_and_grads_with_ref_and_cpu_backends():
+    assert_mamba_lm_same_logits_and_grads("cpu", tiny_mamba(d_state=16), torch.randint(0, 50, (2, 13)))

@@ -14,7 +14,9 @@ pytest.importorskip("triton")
 
 from mambakit.ops import available_backends, scan, scan_triton, selective_scan, selective_scan_ref  # noqa: E402
 from tests.conftest import tiny_mamba  # noqa: E402
-from tests.ops.test_scan_backends import CASES, GRAD_NAMES, make_inputs  # noqa: E402
+from tests.ops.test_scan_backends import (  # noqa: E402
+    CASES, GRAD_NAMES, assert_mamba_lm_same_logits_and_grads, make_inputs,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -119,19 +121,8 @@ def test_return_last_state_false_and_no_grad_skip_checkpoints():
 
 
 def test_mamba_lm_same_logits_and_grads_with_ref_and_triton_backends():
-    model = tiny_mamba(d_model=16, d_state=4).to(DEVICE)
-    ids = torch.randint(0, 50, (2, 11), device=DEVICE)
-    results = []
-    for backend in ("ref", "triton"):
-        model.set_scan_backend(backend)
-        model.zero_grad()
-        logits = model(ids)
-        logits.float().pow(2).mean().backward()
-        results.append((logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
-    (logits_ref, grads_ref), (logits_triton, grads_triton) = results
-    torch.testing.assert_close(logits_triton, logits_ref, atol=1e-5, rtol=1e-5)
-    for name, grad in grads_ref.items():
-        torch.testing.assert_close(grads_triton[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert_mamba_lm_same_logits_and_grads("triton", tiny_mamba(d_model=16, d_state=4).to(DEVICE),
+                                          torch.randint(0, 50, (2, 11), device=DEVICE))
 
 
 def test_auto_prefers_triton_on_cuda_and_never_on_cpu():

@@ -73,7 +73,30 @@ def _mambapy(size: dict):
     return PyLM()
 
 
-BUILD = {"mambakit": _ours, "transformers": _hf, "mambapy": _mambapy}
+def _ours_mamba2(size: dict):
+    import torch
+    from mambakit import Mamba2Config, Mamba2LM
+
+    torch.manual_seed(0)
+    return Mamba2LM(Mamba2Config(**size))
+
+
+def _hf_mamba2(size: dict):
+    """transformers' Mamba2ForCausalLM; without mamba_ssm installed it runs its PyTorch path."""
+    import torch
+    from transformers import Mamba2Config as HFConfig, Mamba2ForCausalLM
+
+    torch.manual_seed(0)
+    d_inner = 2 * size["d_model"]
+    cfg = HFConfig(vocab_size=size["vocab_size"], hidden_size=size["d_model"],
+                   num_hidden_layers=size["n_layer"], state_size=128, head_dim=64, num_heads=d_inner // 64,
+                   n_groups=1, expand=2, conv_kernel=4, chunk_size=size.get("chunk_size", 256),
+                   tie_word_embeddings=True)
+    return Mamba2ForCausalLM(cfg)
+
+
+BUILD = {"mambakit": _ours, "transformers": _hf, "mambapy": _mambapy,
+         "mambakit-mamba2": _ours_mamba2, "transformers-mamba2": _hf_mamba2}
 
 
 # ---- worker cases (run in a subprocess) ----------------------------------------------------
@@ -94,7 +117,7 @@ def case_decode(impl: str, size: dict, context: int, n_tokens: int) -> dict:
     model = BUILD[impl](size).eval()
     ids = torch.randint(0, size["vocab_size"], (1, context))
     with torch.inference_mode():
-        if impl == "mambakit":
+        if impl.startswith("mambakit"):
             from mambakit.generation import prefill
 
             cache = model.allocate_cache(1)
@@ -121,7 +144,7 @@ def case_train(impl: str, size: dict, length: int, repeats: int) -> dict:
     import torch.nn.functional as F
 
     model = BUILD[impl](size).train()
-    if impl == "mambakit":  # what `mambakit train` uses: fused AdamW, no decay on norms/A_log/D
+    if impl.startswith("mambakit"):  # what `mambakit train` uses: fused AdamW, no decay on norms/A_log/D
         from mambakit.train.schedule import build_optimizer
 
         opt = build_optimizer(model, lr=1e-4, weight_decay=0.1)

@@ -1,0 +1,88 @@
+"""Mamba-2 130M shape on CPU (d_model 768, 24 layers, d_state 128, headdim 64): prefill tok/s at
+L=2048, decode ms/token at context 128 and 8192, training step B=1 L=512 — side by side in one run
+with transformers' Mamba2ForCausalLM (its PyTorch path; mamba_ssm is not installed) and with our
+Mamba-1 of the same width and depth. First a sweep picks the SSD chunk size by measurement.
+
+Reuses bench_lm.py's cases: each measurement runs in its own subprocess (peak RSS per case),
+medians of several runs. The machine may be shared: compare ratios within one run only.
+
+    python benchmarks/bench_mamba2.py            # full (many minutes)
+    python benchmarks/bench_mamba2.py --quick    # small model, a smoke test of the script
+Writes benchmarks/results/mamba2.json and mamba2.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_lm import RESULTS, plot, run_case  # noqa: E402
+
+CHUNKS = (64, 128, 256)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    size = (dict(d_model=128, n_layer=2, vocab_size=512) if args.quick
+            else dict(d_model=768, n_layer=24, vocab_size=50280))
+    prefill_len = 256 if args.quick else 2048
+    contexts = [16, 128] if args.quick else [128, 8192]
+    train_len = 64 if args.quick else 512
+    results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                           "load_avg_at_start": os.getloadavg()[0]},
+               "model": size, "chunk_sweep": {}, "prefill": {}, "decode": {}, "train": {}}
+
+    for chunk in CHUNKS:
+        print(f"[mambakit-mamba2] chunk_size={chunk} prefill L={prefill_len} ...", flush=True)
+        results["chunk_sweep"][str(chunk)] = run_case("prefill", impl="mambakit-mamba2",
+                                                      size={**size, "chunk_size": chunk},
+                                                      length=prefill_len, repeats=3)
+    best = max(CHUNKS, key=lambda c: results["chunk_sweep"][str(c)].get("tokens_per_s", 0))
+    results["chunk_size"] = best
+    print(f"chunk size by measurement: {best}", flush=True)
+
+    sizes = {"mambakit-mamba2": {**size, "chunk_size": best}, "transformers-mamba2": size, "mambakit": size}
+    for impl, impl_size in sizes.items():
+        print(f"[{impl}] prefill L={prefill_len} ...", flush=True)
+        results["prefill"][impl] = run_case("prefill", impl=impl, size=impl_size, length=prefill_len,
+                                            repeats=1 if impl.startswith("transformers") else 3)
+        for ctx in contexts:
+            if impl.startswith("transformers") and ctx > 1024:
+                continue  # its decode is flat in context; prefilling 8K on its CPU path takes minutes
+            print(f"[{impl}] decode context={ctx} ...", flush=True)
+            results["decode"].setdefault(impl, {})[str(ctx)] = run_case(
+                "decode", impl=impl, size=impl_size, context=ctx, n_tokens=20)
+        print(f"[{impl}] train step L={train_len} ...", flush=True)
+        results["train"][impl] = run_case("train", impl=impl, size=impl_size, length=train_len,
+                                          repeats=1 if impl.startswith("transformers") else 3)
+
+    p = results["prefill"]
+    tps = {k: v.get("tokens_per_s") for k, v in p.items()}
+    if all(tps.values()):
+        results["ratios"] = {
+            "prefill_vs_transformers_mamba2": tps["mambakit-mamba2"] / tps["transformers-mamba2"],
+            "prefill_vs_our_mamba1": tps["mambakit-mamba2"] / tps["mambakit"]}
+    dec = results["decode"].get("mambakit-mamba2", {})
+    if all("ms_per_token" in dec.get(str(c), {}) for c in contexts):
+        results["ratios"]["decode_long_over_short"] = \
+            dec[str(contexts[-1])]["ms_per_token"] / dec[str(contexts[0])]["ms_per_token"]
+    tr = results["train"]
+    if all("seconds" in tr.get(k, {}) for k in ("mambakit-mamba2", "mambakit")):
+        results["ratios"]["train_step_vs_our_mamba1"] = tr["mambakit-mamba2"]["seconds"] / tr["mambakit"]["seconds"]
+
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("mamba2_quick.json" if args.quick else "mamba2.json")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out.with_suffix(".png"))
+    print(json.dumps(results, indent=2))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

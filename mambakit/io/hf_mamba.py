@@ -74,6 +74,9 @@ def vocab_fields(data: dict, source: str | Path) -> dict:
 
 
 def config_to_dict(cfg: MambaConfig) -> dict:
+    if cfg.attn_layer_idx:
+        raise ValueError("transformers MambaForCausalLM has no attention layers; this hybrid "
+                         "(attn_layer_idx) cannot be exported to it")
     if not cfg.rms_norm:
         raise ValueError("transformers MambaForCausalLM always uses RMSNorm; this model uses "
                          "LayerNorm (rms_norm=False) and cannot be exported to it")

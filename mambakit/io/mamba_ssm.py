@@ -6,7 +6,8 @@ Facts from state-spaces/mamba (models/config_mamba.py, models/mixer_seq_simple.p
   dt_scale, dt_init_floor, conv_bias, bias, ...) or "Mamba2" (modules/mamba2.py: d_state,
   headdim, ngroups, A_init_range, D_has_hdim, rmsnorm, norm_before_gate, dt_limit, chunk_size, ...)),
   rms_norm, residual_in_fp32, fused_add_norm, pad_vocab_size_multiple, tie_embeddings, and in
-  newer versions d_intermediate (an MLP per block) and attn_layer_idx / attn_cfg (hybrid layers).
+  newer versions d_intermediate (an MLP per block) and attn_layer_idx / attn_cfg (hybrid stacks:
+  modules/mha.py's MHA at those indices, keys mixer.in_proj.* and mixer.out_proj.*).
 - The vocabulary is padded up to pad_vocab_size_multiple, as ours is; norms use eps 1e-5
   (create_block's norm_epsilon default). MambaConfig has no norm_epsilon field, so a config.json
   carrying one fails `MambaConfig(**config)`: we read it when present but never write it.
@@ -28,7 +29,7 @@ from mambakit.io.checkpoint import export_state, write_model_dir
 from mambakit.io.files import BIN_NAME, CheckpointError
 
 TOP_FIELDS = ("d_model", "n_layer", "vocab_size", "rms_norm", "residual_in_fp32",
-              "pad_vocab_size_multiple", "tie_embeddings", "norm_epsilon")
+              "pad_vocab_size_multiple", "tie_embeddings", "norm_epsilon", "attn_layer_idx", "attn_cfg")
 # ssm_cfg fields per mixer (ssm_cfg.layer): the Mamba / Mamba2 modules' constructor arguments.
 SSM_FIELDS = {
     "Mamba1": ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init_floor",
@@ -39,7 +40,7 @@ SSM_FIELDS = {
 }
 CONFIGS = {"Mamba1": MambaConfig, "Mamba2": Mamba2Config}
 # Accepted and ignored: they select kernels or initialisation, not the forward pass.
-IGNORED_TOP = ("fused_add_norm", "attn_cfg", "initializer_cfg")
+IGNORED_TOP = ("fused_add_norm", "initializer_cfg")
 IGNORED_SSM = ("dt_init", "use_fast_path", "use_mem_eff_path", "conv_init", "layer")
 NORM_EPSILON = 1e-5  # create_block's fixed norm_epsilon; MambaConfig(**config.json) refuses the key
 # mamba_ssm's MambaConfig defaults for the fields above where they differ from ours
@@ -59,16 +60,17 @@ def mixer_layer(data: dict, source: str | Path = "config.json") -> str:
 def config_from_dict(data: dict, source: str | Path = "config.json") -> MambaConfig | Mamba2Config:
     layer = mixer_layer(data, source)
     ssm_cfg = data.get("ssm_cfg") or {}
-    if data.get("d_intermediate", 0) or data.get("attn_layer_idx"):
-        raise CheckpointError(f"{source}: hybrid checkpoints (d_intermediate MLPs or attn_layer_idx "
-                              f"attention layers) are not supported")
-    unknown = sorted({k for k in data if k not in TOP_FIELDS + IGNORED_TOP
-                      + ("ssm_cfg", "d_intermediate", "attn_layer_idx")}
+    if data.get("d_intermediate", 0):
+        raise CheckpointError(f"{source}: checkpoints with an MLP in every block (d_intermediate="
+                              f"{data['d_intermediate']}) are not supported")
+    unknown = sorted({k for k in data if k not in TOP_FIELDS + IGNORED_TOP + ("ssm_cfg", "d_intermediate")}
                      | {f"ssm_cfg.{k}" for k in ssm_cfg if k not in SSM_FIELDS[layer] + IGNORED_SSM})
     if unknown:
         raise CheckpointError(f"{source}: unknown mamba_ssm config field(s) {unknown}")
     fields = {**DEFAULTS, **{k: data[k] for k in TOP_FIELDS if k in data},
               **{k: ssm_cfg[k] for k in SSM_FIELDS[layer] if k in ssm_cfg}}
+    if not fields.get("attn_layer_idx"):
+        fields.pop("attn_cfg", None)   # mamba_ssm configs carry attn_cfg {} (or leftovers) unused
     try:
         return CONFIGS[layer](**fields)
     except (ValueError, TypeError) as e:
@@ -83,7 +85,7 @@ def config_to_dict(cfg: MambaConfig | Mamba2Config) -> dict:
         ssm_cfg["dt_limit"] = list(ssm_cfg["dt_limit"])
         ssm_cfg["A_init_range"] = list(ssm_cfg["A_init_range"])
     config = {k: ours[k] for k in TOP_FIELDS if k != "norm_epsilon"}
-    config.update(d_intermediate=0, ssm_cfg=ssm_cfg, fused_add_norm=True, attn_layer_idx=[], attn_cfg={})
+    config.update(d_intermediate=0, ssm_cfg=ssm_cfg, fused_add_norm=True)
     return config
 
 

@@ -1,4 +1,5 @@
-"""Mamba2LM: the residual stack of `mixer_lm` with the Mamba-2 (SSD) mixer in every layer."""
+"""Mamba2LM: the residual stack of `mixer_lm` with the Mamba-2 (SSD) mixer in every layer (or
+attention at `attn_layer_idx`: a hybrid stack)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,7 +7,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from mambakit.config import Mamba2Config
-from mambakit.models.mamba_lm import init_mamba_weights
+from mambakit.models.mamba_lm import hybrid_mixer, init_mamba_weights
 from mambakit.models.mixer_lm import MixerLM, RecurrentCache
 from mambakit.modules.mamba2 import Mamba2Mixer
 
@@ -17,16 +18,18 @@ class Mamba2LM(MixerLM):
 
     def __init__(self, config: Mamba2Config):
         super().__init__(config)
+        self.supports_reset = not config.attn_layer_idx   # attention layers see whole rows
         init_mamba_weights(self)
         self.tie_weights()
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
-        return Mamba2Mixer(self.config, layer_idx)
+        return hybrid_mixer(self.config, layer_idx, Mamba2Mixer)
 
     def set_ssd_backend(self, backend: str) -> None:
-        """Choose the SSD backend for every layer ("auto", "ref", "quadratic", "chunked", ...)."""
+        """Choose the SSD backend for every Mamba-2 layer ("auto", "ref", "quadratic", "chunked", ...)."""
         for layer in self.backbone.layers:
-            layer.mixer.ssd_backend = backend
+            if isinstance(layer.mixer, Mamba2Mixer):
+                layer.mixer.ssd_backend = backend
 
     def forward(self, input_ids: Tensor, cache: Optional[RecurrentCache] = None,
                 attention_mask: Optional[Tensor] = None, reset: Optional[Tensor] = None) -> Tensor:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from mambakit.config import MambaConfig
 from mambakit.models.mixer_lm import MixerLM, RecurrentCache
 from mambakit.modules.mamba import MambaMixer
+from mambakit.modules.mha import MHA
 
 
 @torch.no_grad()
@@ -26,6 +27,13 @@ def init_mamba_weights(model: MixerLM) -> None:
         w = layer.mixer.out_proj.weight
         nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         w /= math.sqrt(model.config.n_layer)
+
+
+def hybrid_mixer(config, layer_idx: int, make_ssm_mixer) -> nn.Module:
+    """mamba_ssm's create_block: attention (MHA with attn_cfg) at attn_layer_idx, else the SSM."""
+    if layer_idx in config.attn_layer_idx:
+        return MHA(config.d_model, layer_idx=layer_idx, **config.attn_cfg)
+    return make_ssm_mixer(config, layer_idx)
 
 
 # The cache type of MambaLM: one MambaState (conv, ssm) per layer.
@@ -54,16 +62,18 @@ class MambaLM(MixerLM):
 
     def __init__(self, config: MambaConfig):
         super().__init__(config)
+        self.supports_reset = not config.attn_layer_idx   # attention layers see whole rows
         init_mamba_weights(self)
         self.tie_weights()
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
-        return MambaMixer(self.config, layer_idx)
+        return hybrid_mixer(self.config, layer_idx, MambaMixer)
 
     def set_scan_backend(self, backend: str) -> None:
-        """Choose the selective-scan backend for every layer ("auto", "ref", "cpu", ...)."""
+        """Choose the selective-scan backend for every Mamba layer ("auto", "ref", "cpu", ...)."""
         for layer in self.backbone.layers:
-            layer.mixer.scan_backend = backend
+            if isinstance(layer.mixer, MambaMixer):
+                layer.mixer.scan_backend = backend
 
     def forward(self, input_ids: Tensor, cache: Optional[RecurrentCache] = None,
                 attention_mask: Optional[Tensor] = None, reset: Optional[Tensor] = None) -> Tensor:

@@ -174,7 +174,7 @@ def test_mismatched_keys_and_shapes_are_listed(tmp_path):
         MambaLM.from_pretrained(tmp_path / "hf2")
 
 
-def test_mamba_ssm_config_typos_and_hybrids_are_rejected(tmp_path):
+def test_mamba_ssm_config_typos_and_mlp_blocks_are_rejected(tmp_path):
     write_mamba_ssm_dir(tmp_path / "ssm", hf_model(vocab_size=56), vocab_size=50, pad_multiple=8)
     path = tmp_path / "ssm" / "config.json"
     cfg = json.loads(path.read_text())
@@ -182,7 +182,10 @@ def test_mamba_ssm_config_typos_and_hybrids_are_rejected(tmp_path):
     with pytest.raises(CheckpointError, match="ssm_cfg.d_stat"):
         MambaLM.from_pretrained(tmp_path / "ssm")
     path.write_text(json.dumps({**cfg, "attn_layer_idx": [1]}))
-    with pytest.raises(CheckpointError, match="hybrid"):
+    with pytest.raises(CheckpointError, match="attn_cfg must give num_heads for the attention layers"):
+        MambaLM.from_pretrained(tmp_path / "ssm")
+    path.write_text(json.dumps({**cfg, "d_intermediate": 64}))
+    with pytest.raises(CheckpointError, match="MLP in every block"):
         MambaLM.from_pretrained(tmp_path / "ssm")
 
 

@@ -53,21 +53,31 @@ def emit_json(data) -> None:
 
 
 def resolve_tokenizer(spec):
-    """The tokenizer a --tokenizer value (tokenizer.json or a folder with one) names; bytes if None."""
+    """The tokenizer a --tokenizer value (tokenizer.json or a folder with one) names; bytes if None.
+    A folder without tokenizer.json is an error, not bytes: the user named a tokenizer."""
     from mambakit.data import load_tokenizer
+    from mambakit.data.tokenizer import TOKENIZER_FILE
 
     if spec is not None and not Path(spec).exists():
         raise FileNotFoundError(f"--tokenizer {spec}: no such file or folder")
+    if spec is not None and Path(spec).is_dir() and not (Path(spec) / TOKENIZER_FILE).is_file():
+        raise FileNotFoundError(f"--tokenizer {spec}: the folder holds no {TOKENIZER_FILE}")
     return load_tokenizer(spec)
 
 
 def load_model_and_tokenizer(checkpoint: str, tokenizer_spec=None):
     """A checkpoint's model with its tokenizer (--tokenizer overrides the checkpoint's own),
     refusing a pair whose vocabularies don't fit each other."""
-    from mambakit.data.tokenizer import check_tokenizer_fits
+    from mambakit.data import load_tokenizer
+    from mambakit.data.tokenizer import check_tokenizer_fits, tokenizer_fingerprint
     from mambakit.io.checkpoint import load_model
 
     model = load_model(checkpoint)
-    tokenizer = resolve_tokenizer(tokenizer_spec or checkpoint)
+    own = load_tokenizer(checkpoint)   # bytes when the checkpoint carries no tokenizer.json
+    tokenizer = own if tokenizer_spec is None else resolve_tokenizer(tokenizer_spec)
+    # Same size is not the same tokenizer: with one of its own, the checkpoint's must be the one.
+    if own.kind != "bytes" and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(own):
+        raise ValueError(f"--tokenizer {tokenizer_spec} is not the tokenizer {checkpoint} was saved "
+                         f"with (its tokenizer.json differs); leave --tokenizer out to use that one")
     check_tokenizer_fits(tokenizer, model)
     return model, tokenizer

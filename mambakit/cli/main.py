@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|Cannot allocate memory")
 # Errors that mean "the user gave us something wrong": reported in one line, exit code 2.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                PermissionError, FloatingPointError, OSError)
@@ -43,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (RuntimeError, MemoryError) as e:
+        if not OUT_OF_MEMORY.search(str(e)) and not isinstance(e, MemoryError):
+            raise
+        # what no estimate foresaw: still one line, with the allocator's own numbers
+        print(f"mambakit {args.verb}: error: out of memory ({str(e).strip().splitlines()[0][:200]}); "
+              f"use smaller sizes", file=sys.stderr)
+        return 2
     except USER_ERRORS as e:
         if os.environ.get("MAMBAKIT_DEBUG"):
             raise

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 def _train_in(out: Path, args: argparse.Namespace, cfg) -> int:
     import torch
 
+    from mambakit.data import load_tokenizer
     from mambakit.data.tokens import load_splits
     from mambakit.io.checkpoint import load_model
     from mambakit.train import TrainingInterrupted, train
@@ -103,7 +104,8 @@ def _train_in(out: Path, args: argparse.Namespace, cfg) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     found = latest_checkpoint(out / "checkpoints") if args.resume else None
-    tokenizer = resolve_tokenizer(args.tokenizer if args.tokenizer or found is None else found)
+    # a resumed run's own tokenizer unless --tokenizer names one (a changed one is refused later)
+    tokenizer = resolve_tokenizer(args.tokenizer) if args.tokenizer else load_tokenizer(found)
     torch.manual_seed(args.seed)
     # a resumed run takes its architecture from the checkpoint, not from the flags
     model = load_model(found).train() if found is not None else build_model(args, tokenizer.vocab_size)

@@ -20,7 +20,7 @@ import torch
 
 from mambakit.data.sources import iter_documents
 from mambakit.data.tokenizer import encode_array, token_byte_lengths, tokenizer_fingerprint
-from mambakit.io.atomic import atomic_write_text, default_permissions
+from mambakit.io.atomic import atomic_write_text, default_permissions, disk_full
 
 FORMAT = "mambakit-tokens"
 SPLITS = ("train", "val")
@@ -141,9 +141,12 @@ def prepare(out_dir: str | os.PathLike, tokenizer, sources: Optional[Sequence[st
             _move_tail(writers["train"], writers["val"])
         for w in writers.values():
             w.commit()
-    except BaseException:
+    except BaseException as e:
         for w in writers.values():
             w.abort()
+        full = disk_full(out / "train.bin", e)
+        if full is not None:
+            raise full from None
         raise
     for split, w in writers.items():
         atomic_write_text(out / f"{split}.json", json.dumps(

@@ -2,10 +2,15 @@
 
 A family subclasses `LanguageModel`, sets `config_class`, and implements `forward(input_ids,
 cache=None, attention_mask=None)`, `allocate_cache(batch_size, ...)` and `step(tokens, cache)`.
-Everything else — input checks, generation, checkpoints — is written once, here.
+Everything else — input checks, generation, checkpoints — is written once, here. That includes
+empty input: every family's forward returns empty logits for a batch of 0 or a length of 0 (and
+leaves a cache as it was), because convolutions, FFTs and RNN kernels refuse zero-length inputs.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import os
 from typing import Any, ClassVar, Iterator, Optional
 
@@ -28,6 +33,12 @@ class LanguageModel(nn.Module):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
                             f"got {type(config).__name__}")
         self.config = config
+        check_fits_in_memory(type(self), config)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = _empty_input_gives_empty_logits(cls.__dict__["forward"])
 
     # -- to implement ---------------------------------------------------------------------------
     def allocate_cache(self, batch_size: int, max_seqlen: Optional[int] = None) -> Any:
@@ -116,3 +127,77 @@ class LanguageModel(nn.Module):
         if not isinstance(model, cls):
             raise ValueError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
+
+
+def _empty_input_gives_empty_logits(forward):
+    """Wrap a family's forward: (b, 0) or (0, l) input_ids -> zeros (b, l, padded_vocab), no work."""
+    @functools.wraps(forward)
+    def guarded(self, input_ids, *args, **kwargs):
+        if isinstance(input_ids, Tensor) and input_ids.dim() == 2 and input_ids.numel() == 0:
+            self.check_input_ids(input_ids)
+            return torch.zeros(*input_ids.shape, self.config.padded_vocab_size, device=self.device)
+        return forward(self, input_ids, *args, **kwargs)
+
+    return guarded
+
+
+def total_memory_bytes() -> int:
+    """Physical memory of this machine (0 when the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+_sizing = False  # set while estimate_parameters builds its small copies (they skip the check)
+
+
+@functools.lru_cache(maxsize=256)
+def _estimate(cls, config_json: str) -> int:
+    global _sizing
+    config = cls.config_class.from_dict(json.loads(config_json))
+    depth = getattr(config, "n_layer", None)
+    _sizing = True
+    try:
+        with torch.device("meta"):
+            if not isinstance(depth, int) or depth <= 2:
+                return sum(p.numel() for p in cls(config).parameters())
+            one, two = (sum(p.numel() for p in cls(dataclasses.replace(config, n_layer=k)).parameters())
+                        for k in (1, 2))
+        return one + (depth - 1) * (two - one)
+    except (RuntimeError, OverflowError) as e:
+        if "overflow" in str(e).lower() or isinstance(e, OverflowError):
+            return 2**63   # a single tensor's element count does not fit in int64
+        raise
+    finally:
+        _sizing = False
+
+
+def estimate_parameters(cls, config: ConfigBase) -> int | None:
+    """Parameters of `cls(config)`, counted on the meta device from 1- and 2-layer copies, so a
+    config with n_layer=1e9 costs nothing to size. None when it cannot be sized that way."""
+    try:
+        return _estimate(cls, json.dumps(config.to_dict(), sort_keys=True))
+    except (RuntimeError, ValueError, OverflowError, TypeError):
+        return None
+
+
+def check_fits_in_memory(cls, config: ConfigBase) -> None:
+    """Refuse, with the estimate, a config whose fp32 weights alone exceed this machine's memory
+    (d_model=1e12 would crash in the allocator and n_layer=1e9 spend minutes building layers)."""
+    if _sizing:
+        return
+    params = estimate_parameters(cls, config)
+    if params is not None:
+        check_memory(f"this {type(config).__name__}'s weights", params * 4,
+                     "check d_model, n_layer and vocab_size")
+
+
+def check_memory(what: str, nbytes: int, advice: str) -> None:
+    """ValueError with the estimate when `nbytes` exceed this machine's physical memory."""
+    ram = total_memory_bytes()
+    if not ram or nbytes <= ram:
+        return
+    size = "more than an int64 can count" if nbytes >= 2**63 else f"about {nbytes / 2**30:,.1f} GiB"
+    raise ValueError(f"{what} would need {size}, more than this machine's {ram / 2**30:,.0f} GiB "
+                     f"of memory; {advice}")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.config import LMConfig, pad_to_multiple
-from mambakit.models.base import LanguageModel
+from mambakit.models.base import LanguageModel, check_memory
 from mambakit.modules.attention import CausalSelfAttention, KVState, attention_mask, rotary_angles
 from mambakit.modules.block import Block
 from mambakit.modules.mlp import MLP, MLP_KINDS
@@ -202,6 +202,9 @@ class TransformerLM(LanguageModel):
     def allocate_cache(self, batch_size: int, max_seqlen: Optional[int] = None) -> TransformerCache:
         """A KV cache of max_seqlen slots (it grows past that if needed; 64 when not given)."""
         capacity = max_seqlen or 64
+        keys_and_values = 2 * self.config.n_layer * batch_size * capacity * self.config.d_model * 4
+        check_memory(f"a KV cache of {batch_size} x {capacity:,} positions", keys_and_values,
+                     "ask for fewer new tokens (--max-new-tokens) or a shorter prompt")
         layers = [layer.attn.mixer.allocate_state(batch_size, capacity) for layer in self.backbone.layers]
         device = self.lm_head.weight.device
         return TransformerCache(layers, torch.zeros(batch_size, capacity, dtype=torch.bool, device=device),

@@ -26,6 +26,7 @@ from mambakit.data.packing import Batch, train_batch
 from mambakit.data.tokenizer import tokenizer_fingerprint
 from mambakit.data.tokens import TokenDataset
 from mambakit.io.checkpoint import CheckpointError, export_state, save_weights_dir
+from mambakit.models.base import check_memory
 from mambakit.train import checkpoint as ckpt
 from mambakit.train.distributed import (DistContext, all_reduce_mean, any_rank, init_distributed,
                                         no_sync, shutdown, wrap_model)
@@ -146,6 +147,13 @@ def train(model, train_data: TokenDataset, val_data: TokenDataset, cfg: TrainCon
         shutdown(ctx)
 
 
+def activation_bytes(config, tokens: int) -> int:
+    """A floor on what one forward + backward keeps: logits, their softmax and gradient, and
+    ~16 d_model-wide fp32 activations per layer and token (Mamba keeps x, z, Δ, B, C, y, ...)."""
+    width = getattr(config, "d_model", 0) * getattr(config, "n_layer", 0)
+    return tokens * 4 * (3 * getattr(config, "padded_vocab_size", 0) + 16 * width)
+
+
 class _Run:
     """One training run's state: the model (and its DDP/FSDP wrapper), optimizer, run folder."""
 
@@ -154,6 +162,10 @@ class _Run:
         if cfg.batch_size % (ctx.world_size * cfg.grad_accum):
             raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {ctx.world_size} "
                              f"process(es) x {cfg.grad_accum} accumulation step(s)")
+        micro = cfg.batch_size // (ctx.world_size * cfg.grad_accum)
+        check_memory(f"a training step of {micro} x {cfg.seq_len} tokens per process",
+                     activation_bytes(core.config, micro * cfg.seq_len),
+                     "use a smaller --batch-size or --seq-len, or more --grad-accum")
         self.core, self.cfg, self.ctx, self.out = core, cfg, ctx, out
         self.tokenizer, self.settings = tokenizer, settings
         self.model = wrap_model(core, ctx)

@@ -1,6 +1,7 @@
 """The command line against careless or hostile input (issue 12): every case a subprocess with a
 timeout, ending in one line on stderr, a non-zero exit, no traceback, and nothing left behind."""
 import pytest
+import torch
 
 from tests.cli.test_cli import mambakit
 from tests.conftest import tiny_mamba
@@ -86,3 +87,81 @@ def test_rejected_train_leaves_no_out_folder(tmp_path, capsys):
     code, _, err = in_process(capsys, *TRAIN, "--model", "no-such-family", "--out", str(tmp_path / "run"))
     assert code == 2 and "no-such-family" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_generate_refuses_a_different_tokenizer_of_the_same_size(tmp_path, capsys):
+    from mambakit.data.bpe import train_bpe
+
+    ours = train_bpe(["hello world, hello there"] * 20, vocab_size=280)
+    other = train_bpe(["completely different words here"] * 20, vocab_size=ours.vocab_size)
+    assert other.vocab_size == ours.vocab_size
+    tiny_mamba(vocab_size=ours.vocab_size).save_pretrained(tmp_path / "ck")
+    ours.save(tmp_path / "ck")
+    other.save(tmp_path / "other")
+    # before: same size passed the fit check and decoded garbage
+    code, _, err = in_process(capsys, "generate", str(tmp_path / "ck"), "--tokenizer", str(tmp_path / "other"))
+    assert code == 2 and "is not the tokenizer" in err
+    # before: a folder without tokenizer.json silently meant bytes
+    (tmp_path / "empty").mkdir()
+    code, _, err = in_process(capsys, "generate", str(tmp_path / "ck"), "--tokenizer", str(tmp_path / "empty"))
+    assert code == 2 and "holds no tokenizer.json" in err
+    code, out, _ = in_process(capsys, "generate", str(tmp_path / "ck"), "--tokenizer", str(tmp_path / "ck"),
+                              "--max-new-tokens", "2", "--json")
+    assert code == 0
+
+
+def _file_size_limit(limit):
+    """preexec for a child whose files may not grow past `limit` bytes: its writes then fail the
+    way a full disk makes them fail (EFBIG instead of ENOSPC), with no real disk to fill."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # fail the write instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_convert_onto_a_full_disk_is_one_line_and_writes_nothing(checkpoint, tmp_path):
+    # before: a traceback (torch.save's RuntimeError, safetensors' SafetensorError), exit 1
+    import subprocess
+    import sys
+
+    for fmt, weights in (("mamba_ssm", "pytorch_model.bin"), ("transformers", "model.safetensors")):
+        dst = tmp_path / fmt
+        r = subprocess.run([sys.executable, "-m", "mambakit.cli.main", "convert", str(checkpoint), str(dst),
+                            "--to", fmt], capture_output=True, text=True, timeout=120,
+                           preexec_fn=_file_size_limit(20_000))
+        one_line_error(r, f"no space left to write {dst / weights}", "MiB free there")
+        assert not dst.exists() or list(dst.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (("--batch-size", "100000000"), "a training step of 100000000 x 16 tokens"),
+    (("--seq-len", "1000000000"), "a training step of 1 x 1000000000 tokens"),
+    (("--d-model", "100000000"), "MambaConfig's weights"),
+    (("--budget-params", "1000000000000"), "weights"),
+])
+def test_train_refuses_sizes_beyond_memory_with_the_estimate(tmp_path, capsys, flags, needle):
+    # before: out-of-memory tracebacks
+    options = dict(zip(TRAIN[1:-1:2], TRAIN[2:-1:2]))
+    options.update(zip(flags[::2], flags[1::2]))
+    args = ["train", *[x for kv in options.items() for x in kv], "--no-progress"]
+    code, _, err = in_process(capsys, *args, "--out", str(tmp_path / "run"))
+    assert code == 2 and needle in err and "GiB of memory" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_huge_configs_are_refused_quickly_with_the_estimate(tmp_path):
+    # before: tracebacks, and n_layer 1e9 hung for minutes building layers
+    from mambakit import MambaConfig, MambaLM
+    from mambakit.models import TransformerLM
+    from mambakit.models.transformer_lm import TransformerConfig
+
+    for field, value in (("d_model", 10**12), ("vocab_size", 10**15), ("pad_vocab_size_multiple", 10**9),
+                         ("n_layer", 10**9)):
+        with pytest.raises(ValueError, match="MambaConfig's weights would need .* GiB of memory"):
+            MambaLM(MambaConfig(**{"d_model": 16, "n_layer": 2, "vocab_size": 257, field: value}))
+    model = TransformerLM(TransformerConfig.preset("tiny"))
+    with pytest.raises(ValueError, match=r"a KV cache of 1 x 100,000,\d+ positions would need about"):
+        model.generate(torch.tensor([[1, 2]]), max_new_tokens=100_000_000)

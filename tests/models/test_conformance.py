@@ -36,6 +36,21 @@ def test_forward_shapes(name, batch, length):
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("batch,length", [(2, 0), (0, 5), (0, 0)])
+def test_empty_batch_or_sequence_gives_empty_logits_and_keeps_the_cache(name, batch, length):
+    # before: mamba, s4, s4d, gru and lstm crashed on L=0 and s4/s4d on a batch of 0
+    model = tiny(name)
+    with torch.no_grad():
+        logits = model(torch.zeros(batch, length, dtype=torch.long))
+        assert logits.shape == (batch, length, model.config.padded_vocab_size)
+        if batch:
+            ids = torch.randint(0, VOCAB, (batch, 4))
+            cache = model.allocate_cache(batch, max_seqlen=8)
+            model(ids[:, :3], cache=cache)
+            model(ids[:, :0], cache=cache)
+            torch.testing.assert_close(model.step(ids[:, 3], cache), model(ids)[:, -1], atol=1e-4, rtol=1e-4)
+
+
 def test_greedy_generate_equals_argmax_of_repeated_forward(name):
     model = tiny(name)
     ids = torch.randint(0, VOCAB, (2, 5))

@@ -150,6 +150,9 @@ async def state_memory(client, url: str, tok: IdTokenizer, rng: random.Random) -
     for length in (512, 4096):
         before = get_json(url + "/health")
         await one_stream(client, tok.decode(rng.randrange(tok.vocab_size) for _ in range(length)), 1)
+        deadline = time.monotonic() + 60        # the finished row's state is stored at the next step
+        while get_json(url + "/health")["live_states"] and time.monotonic() < deadline:
+            time.sleep(0.1)
         after = get_json(url + "/health")
         entries = after["state_cache_entries"] - before["state_cache_entries"]
         out[str(length)] = {"states_stored": entries,

@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 
 import openai
 import pytest
+import torch
 
 from mambakit.generation import generate_text
 from mambakit.serve.protocol import plain_chat_template
@@ -186,6 +187,32 @@ def test_a_request_past_its_timeout_ends_with_length():
         r = s.client().completions.create(model="tiny", prompt="a", max_tokens=1_000_000,
                                           extra_body={"ignore_eos": True})
         assert r.choices[0].finish_reason == "length" and 0 < r.usage.completion_tokens < 1_000_000
+        s.wait_for("live_states", 0)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("name", ["transformer", "gru", "mamba2", "s4d"])
+def test_other_families_serve_exactly_too(name):
+    """The engine only uses the state API, so every family batches: two concurrent prompts of
+    different lengths (KV caches of different lengths share a batch) each get their text alone."""
+    from mambakit.models import build
+
+    torch.manual_seed(0)
+    s = Served(build(name, "tiny").eval(), api_key=None, prefill_chunk=8)
+    client = s.client(openai.AsyncOpenAI)
+    prompts = ["def f(", "class Parser(object):\n    "]
+
+    async def both():
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(client.completions.create(
+                model="tiny", prompt=p, max_tokens=12, temperature=0) for p in prompts)), timeout=60)
+        finally:
+            await client.close()
+
+    try:
+        for p, r in zip(prompts, asyncio.run(both())):
+            assert r.choices[0].text == alone(s, p, 12)
         s.wait_for("live_states", 0)
     finally:
         s.close()

@@ -209,8 +209,10 @@ def plot(results: dict, path: Path) -> None:
         cx.annotate(f"{v:.0f} ms", (i, v), ha="center", va="bottom", fontsize=8)
     cx.set_title(f"TTFT, {p['prefix_tokens']}-token prefix + {p['question_tokens']} ({p['speedup']:.0f}x)")
     m = results["model"]
-    fig.suptitle(f"mambakit serve: Mamba d_model={m['d_model']} n_layer={m['n_layer']}, random weights, "
-                 f"{results['machine']['cores']} cores, fp32")
+    load = results["machine"].get("load_average_before", [0])[0]
+    fig.suptitle(f"mambakit serve: Mamba d_model={m['d_model']} n_layer={m['n_layer']}, random weights, fp32, "
+                 f"{results['machine']['cores']} cores at load average {load:.0f}, "
+                 f"{results['server']['threads']} thread(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

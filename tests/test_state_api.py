@@ -7,11 +7,15 @@ import torch
 from mambakit.models import REGISTRY, build
 from mambakit.state import concat, fork, restore, select, snapshot, state_nbytes
 
-FAMILIES = sorted(REGISTRY)
+ATTN = dict(num_heads=4, num_heads_kv=2, rotary_emb_dim=4)
+HYBRIDS = {"mamba+attn": ("mamba", dict(attn_layer_idx=[1], attn_cfg=ATTN)),   # SSM states and KV caches
+           "mamba2+attn": ("mamba2", dict(attn_layer_idx=[0], attn_cfg=ATTN))}  # in one cache
+FAMILIES = sorted(REGISTRY) + sorted(HYBRIDS)
 
 
 def _model(name):
-    return build(name, "tiny").eval()
+    family, fields = HYBRIDS.get(name, (name, {}))
+    return build(family, "tiny", **fields).eval()
 
 
 def _next_logits(model, seq):
@@ -47,7 +51,7 @@ def test_restore_rolls_back(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_fork_select_concat_keep_every_row_exact(name):
     model = _model(name)
-    a, b = [5, 9, 3, 7, 1, 8, 2], [4, 6]          # different lengths: KV caches need padding slots
+    a, b = [5, 9, 3, 7, 1, 8, 2] * 3, [4, 6]      # different lengths: KV caches need padding slots
     forked = fork(_prefill(model, a), 3)
     batch = concat([forked, _prefill(model, b)])
     assert batch.batch_size == 4

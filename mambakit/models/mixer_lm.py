@@ -52,10 +52,17 @@ class RecurrentCache:
     def concat(caches: Sequence["RecurrentCache"]) -> "RecurrentCache":
         """Stack the rows of several caches. Rows may have absorbed different numbers of tokens
         (a recurrent state does not care); seqlen_offset becomes the largest."""
-        layers = [dataclasses.replace(states[0], **{f.name: torch.cat([getattr(s, f.name) for s in states])
-                                                    for f in dataclasses.fields(states[0])})
-                  for states in zip(*(c.layers for c in caches))]
+        layers = [_concat_states(states) for states in zip(*(c.layers for c in caches))]
         return RecurrentCache(layers, max(c.seqlen_offset for c in caches))
+
+
+def _concat_states(states: Sequence[Any]) -> Any:
+    """One layer's states stacked by rows: the state type's own `concat` when it has one (a KV
+    cache must line up slots), else every field concatenated on the batch dim."""
+    if hasattr(type(states[0]), "concat"):
+        return type(states[0]).concat(list(states))
+    return dataclasses.replace(states[0], **{f.name: torch.cat([getattr(s, f.name) for s in states])
+                                             for f in dataclasses.fields(states[0])})
 
 
 def _map_fields(state: Any, fn) -> Any:

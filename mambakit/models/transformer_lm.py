@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.config import LMConfig, pad_to_multiple
 from mambakit.models.base import LanguageModel, check_memory
-from mambakit.modules.attention import CausalSelfAttention, KVState, attention_mask, rotary_angles
+from mambakit.modules.attention import (CausalSelfAttention, KVState, attention_mask, first_slots,
+                                        rotary_angles)
 from mambakit.modules.block import Block
 from mambakit.modules.mlp import MLP, MLP_KINDS
 from mambakit.modules.norm import make_norm
@@ -139,14 +139,10 @@ class TransformerCache:
         first slots and masked (empty) slots up to the longest: attention only sees key_mask, and
         each row's positions come from its own next_position, so every row computes as alone."""
         t = max(c.seqlen_offset for c in caches)
-
-        def slots(x: Tensor, off: int, dim: int) -> Tensor:   # the first `off` slots, padded to t
-            return F.pad(x.narrow(dim, 0, off), (0, 0) * (x.dim() - 1 - dim) + (0, t - off))
-
-        layers = [KVState(*(torch.cat([slots(getattr(c.layers[i], n), c.seqlen_offset, 2) for c in caches])
+        layers = [KVState(*(torch.cat([first_slots(getattr(c.layers[i], n), c.seqlen_offset, t, 2) for c in caches])
                             for n in ("k", "v")))
                   for i in range(len(caches[0].layers))]
-        return TransformerCache(layers, torch.cat([slots(c.key_mask, c.seqlen_offset, 1) for c in caches]),
+        return TransformerCache(layers, torch.cat([first_slots(c.key_mask, c.seqlen_offset, t, 1) for c in caches]),
                                 torch.cat([c.next_position for c in caches]), t)
 
 

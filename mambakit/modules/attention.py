@@ -46,6 +46,12 @@ def attention_mask(key_mask: Tensor, offset: int, length: int) -> Tensor:
     return (allowed | (k_slot == q_slot))[:, None]                                    # (b, 1, l, t)
 
 
+def first_slots(x: Tensor, n: int, t: int, dim: int) -> Tensor:
+    """The first n cache slots of x along `dim`, zero-padded to t: how caches of different lengths
+    join one batch (the padded slots are masked out as keys by the caller's key mask)."""
+    return F.pad(x.narrow(dim, 0, n), (0, 0) * (x.dim() - 1 - dim) + (0, t - n))
+
+
 @dataclass
 class KVState:
     """One layer's keys and values, (b, h, capacity, hd) each; slots past the cache length are unused."""

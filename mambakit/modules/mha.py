@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.config import ATTN_CFG_FIXED
-from mambakit.modules.attention import apply_rotary, attention_mask as allowed_keys, rotary_angles
+from mambakit.modules.attention import apply_rotary, attention_mask as allowed_keys, first_slots, rotary_angles
 
 
 
@@ -39,6 +39,18 @@ class KVCacheState:
     def clone(self) -> "KVCacheState":
         return KVCacheState(self.k.clone(), self.v.clone(), self.key_mask.clone(), self.n_real.clone(),
                             self.used.clone())
+
+    @staticmethod
+    def concat(states: "list[KVCacheState]") -> "KVCacheState":
+        """Stack rows of caches of different lengths: each keeps its keys in the first slots and
+        masked empty slots up to the longest, so every row attends exactly as alone (positions
+        come from its own n_real)."""
+        t = max(int(s.used[0]) if s.used.numel() else 0 for s in states)
+        used = [int(s.used[0]) if s.used.numel() else 0 for s in states]
+        k, v, mask = ([first_slots(getattr(s, n), u, t, dim) for s, u in zip(states, used)]
+                      for n, dim in (("k", 2), ("v", 2), ("key_mask", 1)))
+        n_real = torch.cat([s.n_real for s in states])
+        return KVCacheState(torch.cat(k), torch.cat(v), torch.cat(mask), n_real, torch.full_like(n_real, t))
 
     def reserve(self, end: int) -> None:
         """Grow the slots (doubling) so that `end` of them fit."""

@@ -79,10 +79,11 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     """The SSD algorithm: the dual form inside chunks of Q positions, the recurrence between them.
 
     1. intra-chunk outputs  Y_diag = (L ∘ C Bᵀ) Δx          (b, c, g, h/g, Q, p)   matmuls
-    2. chunk states         S_k = Σ_s decay_to_end_s Δx_s B_sᵀ  (b, c, h, p, n)     matmuls
+    2. chunk states         S_k = Σ_s decay_to_end_s Δx_s B_sᵀ  (b, c, g, n, h/g·p)  matmuls
     3. state passing        H_k = Ā_chunk_k H_{k-1} + S_k      sequential over c = ⌈l/Q⌉ chunks
-    4. outputs from states  Y_off = decay_in_t · C_t H_{k-1}   (b, c, g, h/g, Q, p)   matmuls
-    Heads are grouped (g, h/g) so C Bᵀ is computed once per group, not once per head.
+    4. outputs from states  Y_off = decay_in_t · C_t H_{k-1}   (b, c, Q, g, h/g, p)   matmuls
+    Heads are grouped (g, h/g) so C Bᵀ is computed once per group, not once per head, and steps
+    2 and 4 are one (n × Q)·(Q × h/g·p) matmul per chunk and group for all its heads.
     """
     ct = compute_dtype(x)
     b, l, h, p = x.shape
@@ -109,31 +110,39 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     CB = Cc @ Bc.transpose(-1, -2)                                              # (b, c, g, Q, Q)
     Y = (L * CB[:, :, :, None]) @ X                                             # (b, c, g, h/g, Q, p)
 
-    # 2. Each chunk's own contribution to the state at its end.
-    to_end = torch.exp(cum[..., -1:] - cum)                                     # (b, c, g, h/g, Q)
-    if seg is not None:
-        to_end = to_end * (seg == seg[..., -1:])
-    S = (X * to_end[..., None]).transpose(-1, -2) @ Bc[:, :, :, None]           # (b, c, g, h/g, p, n)
+    # Steps 2-4 keep positions in x's own order (b, c, Q, g, h/g·p) and the states transposed,
+    # (n, h/g·p): then all heads of a group share one matmul against B or C, with no copies.
+    hg = h // g
+    cum_q = cum.permute(0, 1, 4, 2, 3)                                          # (b, c, Q, g, h/g)
+    seg_q = None if seg is None else seg.view(b, c, Q, 1, 1)
 
-    # 3. Carry the state across chunks; H[k] is the state entering chunk k.
+    # 2. Each chunk's own contribution to the state at its end.
+    to_end = torch.exp(cum_q[:, :, -1:] - cum_q)                                # (b, c, Q, g, h/g)
+    if seg_q is not None:
+        to_end = to_end * (seg_q == seg_q[:, :, -1:])
+    Xd = (xdt.view(b, c, Q, g, hg, p) * to_end[..., None]).view(b, c, Q, g, hg * p)
+    S = (Bc.transpose(-1, -2) @ Xd.transpose(2, 3)).view(b, c, g, n, hg, p)    # Sᵀ per chunk
+
+    # 3. Carry the state across chunks; H[k] is the (transposed) state entering chunk k.
     chunk_decay = cum[..., -1].exp()                                            # (b, c, g, h/g)
     if seg is not None:
         chunk_decay = chunk_decay * (seg[..., -1] == 0)
-    state = (x.new_zeros(b, g, h // g, p, n, dtype=ct) if initial_states is None
-             else initial_states.to(ct).view(b, g, h // g, p, n))
+    state = (x.new_zeros(b, g, n, hg, p, dtype=ct) if initial_states is None
+             else initial_states.to(ct).view(b, g, hg, p, n).permute(0, 1, 4, 2, 3))  # (b, g, n, h/g, p)
     entering = []
     for k in range(c):
         entering.append(state)
-        state = chunk_decay[:, k, ..., None, None] * state + S[:, k]
-    H = torch.stack(entering, dim=1)                                            # (b, c, g, h/g, p, n)
+        state = chunk_decay[:, k, :, None, :, None] * state + S[:, k]
+    H = torch.stack(entering, dim=1).view(b, c, g, n, hg * p)                  # (b, c, g, n, h/g·p)
 
     # 4. What the entering state adds to each position of its chunk.
-    decay_in = cum.exp() if seg is None else cum.exp() * (seg == 0)             # (b, c, g, h/g, Q)
-    Y = Y + (Cc[:, :, :, None] @ H.transpose(-1, -2)) * decay_in[..., None]     # (b, c, g, h/g, Q, p)
+    decay_in = cum_q.exp() if seg_q is None else cum_q.exp() * (seg_q == 0)     # (b, c, Q, g, h/g)
+    Y_off = (Cc @ H).view(b, c, g, Q, hg, p).transpose(2, 3) * decay_in[..., None]  # (b, c, Q, g, h/g, p)
 
-    y = Y.permute(0, 1, 4, 2, 3, 5).reshape(b, c * Q, h, p)[:, :l]              # (b, l, h, p)
+    y = (Y.permute(0, 1, 4, 2, 3, 5) + Y_off).reshape(b, c * Q, h, p)[:, :l]     # (b, l, h, p)
     y = skip_and_gate(y, x, D, z).to(x.dtype)
-    return (y, state.reshape(b, h, p, n)) if return_final_states else y
+    final = state.permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
+    return (y, final) if return_final_states else y
 
 
 register_ssd_backend(Backend("quadratic", ssd_scan_quadratic, lambda device: None,

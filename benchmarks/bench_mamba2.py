@@ -25,6 +25,13 @@ from bench_lm import RESULTS, plot, run_case  # noqa: E402
 CHUNKS = (64, 128, 256)
 
 
+def case(name: str, **kwargs) -> dict:
+    """bench_lm's run_case, printing each result as it comes (a long run keeps what it measured)."""
+    result = run_case(name, **kwargs)
+    print(f"    {json.dumps(result)}", flush=True)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -40,9 +47,9 @@ def main() -> None:
 
     for chunk in CHUNKS:
         print(f"[mambakit-mamba2] chunk_size={chunk} prefill L={prefill_len} ...", flush=True)
-        results["chunk_sweep"][str(chunk)] = run_case("prefill", impl="mambakit-mamba2",
+        results["chunk_sweep"][str(chunk)] = case("prefill", impl="mambakit-mamba2",
                                                       size={**size, "chunk_size": chunk},
-                                                      length=prefill_len, repeats=3)
+                                                      length=prefill_len, repeats=2)
     best = max(CHUNKS, key=lambda c: results["chunk_sweep"][str(c)].get("tokens_per_s", 0))
     results["chunk_size"] = best
     print(f"chunk size by measurement: {best}", flush=True)
@@ -50,17 +57,17 @@ def main() -> None:
     sizes = {"mambakit-mamba2": {**size, "chunk_size": best}, "transformers-mamba2": size, "mambakit": size}
     for impl, impl_size in sizes.items():
         print(f"[{impl}] prefill L={prefill_len} ...", flush=True)
-        results["prefill"][impl] = run_case("prefill", impl=impl, size=impl_size, length=prefill_len,
-                                            repeats=1 if impl.startswith("transformers") else 3)
+        results["prefill"][impl] = case("prefill", impl=impl, size=impl_size, length=prefill_len,
+                                            repeats=1 if impl.startswith("transformers") else 2)
         for ctx in contexts:
             if impl.startswith("transformers") and ctx > 1024:
                 continue  # its decode is flat in context; prefilling 8K on its CPU path takes minutes
             print(f"[{impl}] decode context={ctx} ...", flush=True)
-            results["decode"].setdefault(impl, {})[str(ctx)] = run_case(
+            results["decode"].setdefault(impl, {})[str(ctx)] = case(
                 "decode", impl=impl, size=impl_size, context=ctx, n_tokens=20)
         print(f"[{impl}] train step L={train_len} ...", flush=True)
-        results["train"][impl] = run_case("train", impl=impl, size=impl_size, length=train_len,
-                                          repeats=1 if impl.startswith("transformers") else 3)
+        results["train"][impl] = case("train", impl=impl, size=impl_size, length=train_len,
+                                          repeats=1 if impl.startswith("transformers") else 2)
 
     p = results["prefill"]
     tps = {k: v.get("tokens_per_s") for k, v in p.items()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from mambakit.cli.common import emit_json, positive_int
+from mambakit.cli.common import add_precision_args, apply_precision, emit_json, positive_int
 
 
 def add_parser(sub) -> None:
@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     m.add_argument("--preset", default="130m")
     m.add_argument("--prefill", type=positive_int, default=2048, help="prompt length for prefill")
     m.add_argument("--contexts", type=positive_int, nargs="+", default=[128, 2048])
+    add_precision_args(m)
     m.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -55,14 +56,16 @@ def run(args: argparse.Namespace) -> int:
     from mambakit.models import build
 
     model = load_model(args.checkpoint) if args.checkpoint else build(args.model, args.preset)
+    model = apply_precision(model, args)
     result = {"model": type(model).__name__, "parameters": model.num_parameters(),
+              "weights": getattr(model, "quantization", None) or "fp32",
               "prefill_length": args.prefill,
               "prefill_tokens_per_s": perf.prefill_tokens_per_s(model, args.prefill),
               "decode_ms_per_token": {str(c): perf.decode_latency_ms(model, c) for c in args.contexts}}
     if args.json:
         emit_json(result)
         return 0
-    print(f"{result['model']} ({result['parameters']:,} params): prefill L={args.prefill} "
+    print(f"{result['model']} ({result['parameters']:,} params, {result['weights']} weights): prefill L={args.prefill} "
           f"{result['prefill_tokens_per_s']:,.0f} tok/s")
     for context, ms in result["decode_ms_per_token"].items():
         print(f"  decode at context {context:>6}: {ms:.2f} ms/token")

@@ -65,14 +65,35 @@ def resolve_tokenizer(spec):
     return load_tokenizer(spec)
 
 
-def load_model_and_tokenizer(checkpoint: str, tokenizer_spec=None):
+def add_precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="weight format of the Linear layers (SSM state, conv, norms stay fp32)")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="int8 weight-only quantization of the Linear layers (per-channel scales)")
+
+
+def apply_precision(model, args: argparse.Namespace):
+    """The model in the weight format --dtype / --quantize ask for (mambakit.quantize). A
+    checkpoint saved quantized stays as it is unless another format is asked for explicitly."""
+    from mambakit import quantize
+
+    fmt = args.quantize or args.dtype
+    if getattr(model, "quantization", None) is not None and fmt == "fp32":
+        return model
+    return quantize(model, fmt)
+
+
+def load_model_and_tokenizer(checkpoint: str, tokenizer_spec=None, precision: argparse.Namespace | None = None):
     """A checkpoint's model with its tokenizer (--tokenizer overrides the checkpoint's own),
-    refusing a pair whose vocabularies don't fit each other."""
+    refusing a pair whose vocabularies don't fit each other; in the weight format `precision`
+    (parsed --dtype / --quantize) asks for."""
     from mambakit.data import load_tokenizer
     from mambakit.data.tokenizer import check_tokenizer_fits, tokenizer_fingerprint
     from mambakit.io.checkpoint import load_model
 
     model = load_model(checkpoint)
+    if precision is not None:
+        model = apply_precision(model, precision)
     own = load_tokenizer(checkpoint)   # bytes when the checkpoint carries no tokenizer.json
     tokenizer = own if tokenizer_spec is None else resolve_tokenizer(tokenizer_spec)
     # Same size is not the same tokenizer: with one of its own, the checkpoint's must be the one.

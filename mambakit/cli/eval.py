@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from mambakit.cli.common import emit_json, load_model_and_tokenizer, positive_int
+from mambakit.cli.common import add_precision_args, emit_json, load_model_and_tokenizer, positive_int
 from mambakit.cli.train import add_data_args
 
 
@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seq-len", type=positive_int, default=256)
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--batches", type=positive_int, default=16, help="evaluation batches (default: 16)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    add_precision_args(p)  # --dtype bf16 also evaluates under bf16 autocast
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from mambakit.data.tokens import load_splits
     from mambakit.train import evaluate
 
-    model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer)
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer, precision=args)
     with tempfile.TemporaryDirectory(prefix="mambakit-eval-") as cache:
         _, val = load_splits(tokenizer, args.data, cache, args.text_field, args.max_bytes)
         result = evaluate(model, val, args.seq_len, args.batch_size, args.batches, args.dtype)

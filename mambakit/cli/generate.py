@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mambakit.cli.common import (emit_json, finite_float, load_model_and_tokenizer, non_negative_float,
-                                 positive_int, seed_int)
+from mambakit.cli.common import (add_precision_args, emit_json, finite_float, load_model_and_tokenizer,
+                                 non_negative_float, positive_int, seed_int)
 
 
 def add_parser(sub) -> None:
@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
                    help="stop a row once its text contains this string (repeatable; not printed)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print text as it is generated (one prompt, no --json)")
+    add_precision_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -36,7 +37,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from mambakit.generation import TextStream
 
-    model, tok = load_model_and_tokenizer(args.checkpoint, args.tokenizer)
+    model, tok = load_model_and_tokenizer(args.checkpoint, args.tokenizer, precision=args)
     prompts = args.prompt or ["def "]
     stop = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]  # so "\n\n" can be typed
     text = TextStream(model, tok, prompts, max_new_tokens=args.max_new_tokens,

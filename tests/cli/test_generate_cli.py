@@ -97,3 +97,17 @@ def test_convert_refuses_a_destination_holding_a_checkpoint(tmp_path):
     r = mambakit("convert", str(tmp_path / "ck"), str(tmp_path / "new"), "--to", "mamba_ssm")
     assert r.returncode == 0, r.stderr
     assert load_model(tmp_path / "new").config.vocab_size == 50
+
+
+def test_generate_in_every_weight_format_matches_the_quantized_model_in_process(tmp_path):
+    import mambakit as mk
+
+    model = tiny_mamba(vocab_size=257)
+    model.save_pretrained(tmp_path / "ck")
+    for flags, fmt in ((["--dtype", "bf16"], "bf16"), (["--quantize", "int8"], "int8")):
+        r = mambakit("generate", str(tmp_path / "ck"), "--prompt", "ab", "--max-new-tokens", "5",
+                     "--json", *flags)
+        assert r.returncode == 0, r.stderr
+        expect = mk.quantize(load_model(tmp_path / "ck"), fmt).generate(
+            torch.tensor([list(b"ab")]), max_new_tokens=5, eos_token_id=256)
+        assert json.loads(r.stdout)["results"][0]["tokens"] == expect[0].tolist()

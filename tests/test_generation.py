@@ -54,3 +54,5 @@ def test_filters():
 def test_bad_sampling_options(kw, match):
     with pytest.raises(ValueError, match=match):
         tiny_mamba().generate(torch.tensor([[1, 2]]), **kw)
+
+

@@ -67,9 +67,9 @@ def prefill(model, input_ids: Tensor, cache, attention_mask: Optional[Tensor] = 
         padded_columns = (~attention_mask.bool()).any(0).nonzero()
         first = max(chunk_size, int(padded_columns.max()) + 2)
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask[:, :first]}
-    logits = model(input_ids[:, :first], cache=cache, **kwargs)[:, -1]
+    logits = model(input_ids[:, :first], cache=cache, logits_to_keep=1, **kwargs)[:, -1]
     for start in range(first, l, chunk_size):
-        logits = model(input_ids[:, start:start + chunk_size], cache=cache)[:, -1]
+        logits = model(input_ids[:, start:start + chunk_size], cache=cache, logits_to_keep=1)[:, -1]
     return logits
 
 

@@ -56,6 +56,14 @@ class LanguageModel(nn.Module):
             owner, _, leaf = alias.rpartition(".")
             setattr(self.get_submodule(owner), leaf, self.get_parameter(source))
 
+    @staticmethod
+    def keep_last(h: Tensor, logits_to_keep: int) -> Tensor:
+        """h (b, l, d) -> its last `logits_to_keep` positions (all if 0): generation's prefill
+        needs one position's logits, and the LM head is ~30% of a 130M Mamba's prefill FLOPs."""
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position), got {logits_to_keep!r}")
+        return h[:, max(h.shape[1] - logits_to_keep, 0):] if logits_to_keep else h
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -32,6 +32,7 @@ class Mamba2LM(MixerLM):
                 layer.mixer.ssd_backend = backend
 
     def forward(self, input_ids: Tensor, cache: Optional[RecurrentCache] = None,
-                attention_mask: Optional[Tensor] = None, reset: Optional[Tensor] = None) -> Tensor:
+                attention_mask: Optional[Tensor] = None, reset: Optional[Tensor] = None,
+                logits_to_keep: int = 0) -> Tensor:
         """As MixerLM.forward; `reset` (b, l) marks where packed documents start (state zeroed)."""
-        return super().forward(input_ids, cache, attention_mask, reset=reset)
+        return super().forward(input_ids, cache, attention_mask, logits_to_keep, reset=reset)

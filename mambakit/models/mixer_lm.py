@@ -95,8 +95,9 @@ class MixerLM(LanguageModel):
         return RecurrentCache([layer.mixer.allocate_state(batch_size) for layer in self.backbone.layers])
 
     def forward(self, input_ids: Tensor, cache: Optional[RecurrentCache] = None,
-                attention_mask: Optional[Tensor] = None, **mixer_kwargs) -> Tensor:
-        """input_ids (b, l) -> logits (b, l, padded_vocab).
+                attention_mask: Optional[Tensor] = None, logits_to_keep: int = 0, **mixer_kwargs) -> Tensor:
+        """input_ids (b, l) -> logits (b, l, padded_vocab), or (b, logits_to_keep, padded_vocab)
+        for the last positions only when logits_to_keep > 0.
 
         With `cache`, the sequence continues from the cached state and the cache ends holding the
         state after the last token (prefill, or chunked continuation); with grad enabled that final
@@ -109,7 +110,8 @@ class MixerLM(LanguageModel):
             h = layer(h, None if cache is None else cache.layers[i], attention_mask, **mixer_kwargs)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
-        return self.lm_head(self.backbone.norm_f(h.to(self.backbone.embedding.weight.dtype)))  # (b, l, vocab)
+        h = self.keep_last(h, logits_to_keep).to(self.backbone.embedding.weight.dtype)
+        return self.lm_head(self.backbone.norm_f(h))                    # (b, l, vocab)
 
     def step(self, tokens: Tensor, cache: RecurrentCache) -> Tensor:
         self.check_input_ids(tokens, dims=(1,))

@@ -207,17 +207,19 @@ class TransformerLM(LanguageModel):
                                 torch.zeros(batch_size, dtype=torch.long, device=device))
 
     def forward(self, input_ids: Tensor, cache: Optional[TransformerCache] = None,
-                attention_mask: Optional[Tensor] = None) -> Tensor:
-        """input_ids (b, l) -> logits (b, l, padded_vocab). With `cache`, attend to the cached
+                attention_mask: Optional[Tensor] = None, logits_to_keep: int = 0) -> Tensor:
+        """input_ids (b, l) -> logits (b, l, padded_vocab) (the last `logits_to_keep` positions
+        only, if > 0). With `cache`, attend to the cached
         keys too and append this chunk's (prefill). `attention_mask` (b, l) is 0 on pads."""
         self.check_input_ids(input_ids)
-        return self._run(input_ids, cache, self.check_attention_mask(attention_mask, input_ids))
+        return self._run(input_ids, cache, self.check_attention_mask(attention_mask, input_ids), logits_to_keep)
 
     def step(self, tokens: Tensor, cache: TransformerCache) -> Tensor:
         self.check_input_ids(tokens, dims=(1,))
         return self._run(tokens[:, None], cache, None)[:, 0]                # (b, vocab)
 
-    def _run(self, ids: Tensor, cache: Optional[TransformerCache], mask: Optional[Tensor]) -> Tensor:
+    def _run(self, ids: Tensor, cache: Optional[TransformerCache], mask: Optional[Tensor],
+             logits_to_keep: int = 0) -> Tensor:
         b, l = ids.shape
         # Position ids count real tokens only, so a left-padded row sees the positions it would alone.
         steps = torch.arange(l, device=ids.device).expand(b, l) if mask is None \
@@ -244,4 +246,5 @@ class TransformerLM(LanguageModel):
             rotary = rotary_angles(positions, self.config.head_dim, self.config.rope_theta)
         for i, layer in enumerate(self.backbone.layers):
             h = layer(h, rotary, allowed, None if cache is None else cache.layers[i], offset)
-        return self.lm_head(self.backbone.norm_f(h.to(self.backbone.embedding.weight.dtype)))  # (b, l, vocab)
+        h = self.keep_last(h, logits_to_keep).to(self.backbone.embedding.weight.dtype)
+        return self.lm_head(self.backbone.norm_f(h))                        # (b, l, vocab)

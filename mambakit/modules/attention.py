@@ -89,9 +89,10 @@ class CausalSelfAttention(nn.Module):
 
     def allocate_state(self, batch_size: int, capacity: int, device=None, dtype=None) -> KVState:
         w = self.qkv_proj.weight
+        dtype = dtype or (w.dtype if w.is_floating_point() else torch.float32)  # int8 weights: fp32 keys
         shape = (batch_size, self.n_head, capacity, self.head_dim)
-        return KVState(torch.zeros(shape, device=device or w.device, dtype=dtype or w.dtype),
-                       torch.zeros(shape, device=device or w.device, dtype=dtype or w.dtype))
+        return KVState(torch.zeros(shape, device=device or w.device, dtype=dtype),
+                       torch.zeros(shape, device=device or w.device, dtype=dtype))
 
     def forward(self, x: Tensor, rotary: Optional[tuple[Tensor, Tensor]] = None,
                 allowed: Optional[Tensor] = None, state: Optional[KVState] = None,

@@ -51,6 +51,23 @@ def test_empty_batch_or_sequence_gives_empty_logits_and_keeps_the_cache(name, ba
             torch.testing.assert_close(model.step(ids[:, 3], cache), model(ids)[:, -1], atol=1e-4, rtol=1e-4)
 
 
+def test_logits_to_keep_gives_the_last_positions_and_quantize_keeps_the_surface(name):
+    model = tiny(name)
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        full = model(ids)
+        torch.testing.assert_close(model(ids, logits_to_keep=3), full[:, -3:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(ids, logits_to_keep=9), full, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="logits_to_keep must be an int >= 0"):
+            model(ids, logits_to_keep=-1)
+        import mambakit
+
+        quantized = mambakit.quantize(model, "int8")                   # every family, one mechanism
+        cache = quantized.allocate_cache(2)
+        last = [quantized.step(ids[:, t], cache) for t in range(7)][-1]
+        torch.testing.assert_close(last, quantized(ids, logits_to_keep=1)[:, 0], atol=1e-4, rtol=1e-4)
+
+
 def test_greedy_generate_equals_argmax_of_repeated_forward(name):
     model = tiny(name)
     ids = torch.randint(0, VOCAB, (2, 5))

@@ -35,6 +35,8 @@ def case(name: str, **kwargs) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--chunks", type=int, nargs="+", default=list(CHUNKS), help="chunk sizes to sweep")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per case (medians)")
     args = ap.parse_args()
     size = (dict(d_model=128, n_layer=2, vocab_size=512) if args.quick
             else dict(d_model=768, n_layer=24, vocab_size=50280))
@@ -42,33 +44,37 @@ def main() -> None:
     contexts = [16, 128] if args.quick else [128, 8192]
     train_len = 64 if args.quick else 512
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                           "load_avg_at_start": os.getloadavg()[0]},
+                           "load_avg_at_start": os.getloadavg()[0]}, "repeats": args.repeats,
                "model": size, "chunk_sweep": {}, "prefill": {}, "decode": {}, "train": {}}
 
-    for chunk in CHUNKS:
+    for chunk in args.chunks:
         print(f"[mambakit-mamba2] chunk_size={chunk} prefill L={prefill_len} ...", flush=True)
         results["chunk_sweep"][str(chunk)] = case("prefill", impl="mambakit-mamba2",
                                                       size={**size, "chunk_size": chunk},
-                                                      length=prefill_len, repeats=2)
-    best = max(CHUNKS, key=lambda c: results["chunk_sweep"][str(c)].get("tokens_per_s", 0))
+                                                      length=prefill_len, repeats=args.repeats)
+    best = max(args.chunks, key=lambda c: results["chunk_sweep"][str(c)].get("tokens_per_s", 0))
     results["chunk_size"] = best
     print(f"chunk size by measurement: {best}", flush=True)
 
     sizes = {"mambakit-mamba2": {**size, "chunk_size": best}, "transformers-mamba2": size, "mambakit": size}
     for impl, impl_size in sizes.items():
-        print(f"[{impl}] prefill L={prefill_len} ...", flush=True)
-        results["prefill"][impl] = case("prefill", impl=impl, size=impl_size, length=prefill_len,
-                                            repeats=1 if impl.startswith("transformers") else 2)
+        if impl == "mambakit-mamba2":   # measured by the sweep, at the chosen chunk size
+            results["prefill"][impl] = results["chunk_sweep"][str(best)]
+        else:
+            print(f"[{impl}] prefill L={prefill_len} ...", flush=True)
+            results["prefill"][impl] = case("prefill", impl=impl, size=impl_size, length=prefill_len,
+                                            repeats=args.repeats)
         for ctx in contexts:
-            if impl.startswith("transformers") and ctx > 1024:
-                continue  # its decode is flat in context; prefilling 8K on its CPU path takes minutes
+            if impl != "mambakit-mamba2" and ctx > 1024:
+                continue  # peers' decode is flat in context (one recurrent step); an 8K prefill takes minutes
             print(f"[{impl}] decode context={ctx} ...", flush=True)
             results["decode"].setdefault(impl, {})[str(ctx)] = case(
-                "decode", impl=impl, size=impl_size, context=ctx, n_tokens=20)
+                "decode", impl=impl, size=impl_size, context=ctx, n_tokens=12)
         print(f"[{impl}] train step L={train_len} ...", flush=True)
         results["train"][impl] = case("train", impl=impl, size=impl_size, length=train_len,
-                                          repeats=1 if impl.startswith("transformers") else 2)
+                                      repeats=args.repeats)
 
+    results["machine"]["load_avg_at_end"] = os.getloadavg()[0]
     p = results["prefill"]
     tps = {k: v.get("tokens_per_s") for k, v in p.items()}
     if all(tps.values()):

@@ -8,14 +8,23 @@ import sys
 from pathlib import Path
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str, low: int, high: int | None, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1, None, "a positive integer")
+
+
+def seed_int(text: str) -> int:
+    """A seed torch and numpy both accept."""
+    return _integer(text, 0, 2**63 - 1, "a seed between 0 and 2**63 - 1")
 
 
 def finite_float(text: str) -> float:
@@ -35,16 +44,6 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
 
-
-def seed_int(text: str) -> int:
-    """A seed torch and numpy both accept: 0 <= seed < 2**63."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected a seed between 0 and 2**63 - 1, got {value}")
-    return value
 
 
 def emit_json(data) -> None:

@@ -74,7 +74,7 @@ def read_torch_bin(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: weights file not found") from None
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         # One line, and not torch's message: it suggests turning safe loading off.
         raise CheckpointError(f"{path}: refused to load: the file holds pickled objects other than "
                               f"tensors, which mambakit never unpickles") from None

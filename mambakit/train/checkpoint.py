@@ -107,17 +107,16 @@ def _check_trainer_state(path: Path, state: dict, optimizer) -> None:
         raise CheckpointError(f"{source}: corrupt checkpoint ({len(groups)} param groups, this "
                               f"optimizer has {len(ours)})")
     for i, (group, mine) in enumerate(zip(groups, ours)):
-        def bad(field: str) -> CheckpointError:
-            return CheckpointError(f"{source}: corrupt checkpoint (param group {i}: {field} is "
-                                   f"{group.get(field)!r})")
-        if not isinstance(group.get("params"), list) or len(group["params"]) != len(mine["params"]):
-            raise bad("params")
         betas = group.get("betas")
-        if not (isinstance(betas, list) and len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)):
-            raise bad("betas")
-        for field, low in (("lr", 0.0), ("weight_decay", 0.0), ("eps", 1e-30)):
-            if not (_number(group.get(field)) and group[field] >= low):
-                raise bad(field)
+        checks = {"params": isinstance(group.get("params"), list) and len(group["params"]) == len(mine["params"]),
+                  "betas": isinstance(betas, list) and len(betas) == 2
+                           and all(_number(b) and 0 <= b < 1 for b in betas),
+                  **{field: _number(group.get(field)) and group[field] >= low
+                     for field, low in (("lr", 0.0), ("weight_decay", 0.0), ("eps", 1e-30))}}
+        for field, ok in checks.items():
+            if not ok:
+                raise CheckpointError(f"{source}: corrupt checkpoint (param group {i}: {field} is "
+                                      f"{group.get(field)!r})")
 
 
 def _number(x) -> bool:

@@ -18,7 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--tokenizer", help="tokenizer.json or a folder holding one (default: the "
                                        "checkpoint's, else bytes)")
     p.add_argument("--prompt", action="append", help="prompt text; repeat to batch (default: 'def ')")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64,
+                   help="tokens to generate (default: 64); recurrent models decode in constant "
+                        "memory, so a huge value just runs: Ctrl-C stops it")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=positive_int)
     p.add_argument("--top-p", type=finite_float)

@@ -1,10 +1,11 @@
-"""End-to-end 130M-class Mamba on CPU: prefill tok/s, decode ms/token vs context, training step.
+"""End-to-end 130M-class Mamba on CPU: prefill tok/s, decode ms/token vs context, batched decode
+tokens/s, training step — mambakit at fp32 / bf16 / int8 weights (mambakit.quantize).
 
-Peers in the same run: transformers' MambaForCausalLM (its CPU path) and mambapy's LM (its
+Peers in the same run: transformers' MambaForCausalLM (its CPU path, fp32) and mambapy's LM (its
 parallel scan), same shapes, random weights.
 Each measurement runs in its own subprocess so peak RSS is per case. Medians of several runs.
 
-    python benchmarks/bench_lm.py            # full (several minutes; run on an idle machine)
+    python benchmarks/bench_lm.py            # full (~15 min on an idle 2-core machine)
     python benchmarks/bench_lm.py --quick    # small model, seconds: a smoke test of the script
 Writes benchmarks/results/lm.json and lm.png.
 """
@@ -100,27 +101,46 @@ BUILD = {"mambakit": _ours, "transformers": _hf, "mambapy": _mambapy,
 
 
 # ---- worker cases (run in a subprocess) ----------------------------------------------------
-def case_prefill(impl: str, size: dict, length: int, repeats: int) -> dict:
+PRECISIONS = ("fp32", "bf16", "int8")  # mambakit's weight formats (mambakit.quantize)
+
+
+def _model(impl: str, size: dict, precision: str):
+    """`impl` in `precision`: mambakit packs its Linear weights (fp32 too: the decode GEMV);
+    the peers run as they ship (fp32)."""
+    model = BUILD[impl](size).eval()
+    if impl.startswith("mambakit"):
+        from mambakit import quantize
+
+        quantize(model, precision)
+    return model
+
+
+def case_prefill(impl: str, size: dict, length: int, repeats: int, precision: str = "fp32") -> dict:
+    """Tokens/s of one forward over a (1, length) prompt, last position's logits only (what
+    generation's prefill needs; transformers takes the same logits_to_keep=1)."""
     import torch
 
-    model = BUILD[impl](size).eval()
+    model = _model(impl, size, precision)
     ids = torch.randint(0, size["vocab_size"], (1, length))
+    kwargs = {} if impl == "mambapy" else {"logits_to_keep": 1}
     with torch.inference_mode():
-        model(ids[:, :64])  # warm-up (and JIT compile of the fused scan)
-        t = _median_time(lambda: model(ids), repeats)
+        model(ids[:, :64], **kwargs)  # warm-up (and JIT compile of the fused kernels)
+        t = _median_time(lambda: model(ids, **kwargs), repeats)
     return {"seconds": t, "tokens_per_s": length / t}
 
 
-def case_decode(impl: str, size: dict, context: int, n_tokens: int) -> dict:
+def case_decode(impl: str, size: dict, context: int, n_tokens: int, precision: str = "fp32",
+                batch: int = 1) -> dict:
+    """ms per decode step of `batch` rows after prefilling `context` tokens; tokens/s = batch / step."""
     import torch
 
-    model = BUILD[impl](size).eval()
-    ids = torch.randint(0, size["vocab_size"], (1, context))
+    model = _model(impl, size, precision)
+    ids = torch.randint(0, size["vocab_size"], (batch, context))
     with torch.inference_mode():
         if impl.startswith("mambakit"):
             from mambakit.generation import prefill
 
-            cache = model.allocate_cache(1)
+            cache = model.allocate_cache(batch)
             logits = prefill(model, ids, cache)  # chunked, as generate() does
             token = logits.argmax(-1)
             per_token = []
@@ -136,7 +156,7 @@ def case_decode(impl: str, size: dict, context: int, n_tokens: int) -> dict:
             t_short = _median_time(lambda: run(1), 2)
             t_long = _median_time(lambda: run(n_tokens + 1), 2)
             ms = (t_long - t_short) / n_tokens * 1e3
-    return {"ms_per_token": ms}
+    return {"ms_per_token": ms, "tokens_per_s": batch / ms * 1e3}
 
 
 def case_train(impl: str, size: dict, length: int, repeats: int) -> dict:
@@ -184,37 +204,57 @@ def worker(spec: str) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    """Three panels: prefill tokens/s, decode ms/token per context, training-step seconds."""
+    """Four panels: prefill tokens/s per length, decode ms/token per context, batched-decode
+    tokens/s per batch size (each line one implementation and precision), training-step seconds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 3.8))
+    fig = Figure(figsize=(16, 3.8))
     FigureCanvasAgg(fig)
-    ax, bx, cx = fig.subplots(1, 3)
-    colors = {"mambakit": "tab:blue", "transformers": "tab:purple", "mambapy": "tab:red"}
-
-    def bars(axis, data: dict, key: str, title: str):
-        names = [n for n in data if key in data[n]]
-        axis.bar(names, [data[n][key] for n in names], color=[colors.get(n, "gray") for n in names])
-        for i, n in enumerate(names):
-            axis.annotate(f"{data[n][key]:.3g}", (i, data[n][key]), ha="center", va="bottom", fontsize=8)
-        axis.set_title(title)
-
-    bars(ax, results["prefill"], "tokens_per_s", "prefill tokens/s (higher is better)")
-    for impl, per_ctx in results["decode"].items():
-        ctxs = sorted(per_ctx, key=int)
-        bx.plot([int(c) for c in ctxs], [per_ctx[c].get("ms_per_token", float("nan")) for c in ctxs],
-                "o-", color=colors.get(impl, "gray"), label=impl)
-    bx.set_xscale("log")
-    bx.set_ylim(bottom=0)
-    bx.set_xlabel("context length")
-    bx.set_title("decode ms/token (lower is better)")
-    bx.legend(fontsize=8)
-    bars(cx, results["train"], "seconds", "training step s (lower is better)")
+    axes = fig.subplots(1, 4)
+    panels = [("prefill", "tokens_per_s", "prefill tokens/s, last-position logits (higher is better)", "prompt length"),
+              ("decode", "ms_per_token", "decode ms/token, batch 1 (lower is better)", "context length"),
+              ("batched", "tokens_per_s", "batched decode tokens/s (higher is better)", "batch size")]
+    for axis, (key, field, title, xlabel) in zip(axes, panels):
+        for label, per_x in results[key].items():
+            xs = sorted(per_x, key=int)
+            axis.plot([int(x) for x in xs], [per_x[x].get(field, float("nan")) for x in xs], "o-", label=label)
+        axis.set_xscale("log", base=2)
+        axis.set_ylim(bottom=0)
+        axis.set_xlabel(xlabel)
+        axis.set_title(title, fontsize=9)
+        axis.legend(fontsize=7)
+    names = [n for n in results["train"] if "seconds" in results["train"][n]]
+    axes[3].bar(names, [results["train"][n]["seconds"] for n in names])
+    axes[3].set_title("training step s, fp32 (lower is better)", fontsize=9)
     fig.suptitle(f"Mamba d_model={results['model']['d_model']} n_layer={results['model']['n_layer']}, "
-                 f"{results['machine']['cores']} cores, fp32")
+                 f"{results['machine']['cores']} cores")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def table(results: dict) -> str:
+    """The issue's table: one row per implementation and precision; decode as a ratio to
+    transformers fp32 at the shortest context (its decode is flat in context)."""
+    hf_runs = results["decode"].get("transformers fp32", {})
+    hf_ms = hf_runs.get(results["contexts"][0], {}).get("ms_per_token")
+    lines = ["| impl | prefill tok/s (L=" + " / ".join(results["lengths"]) + ") | decode ms/token (ctx "
+             + " / ".join(results["contexts"]) + ") | decode vs transformers | batched tok/s (B="
+             + " / ".join(results["batches"]) + ") |", "|---|---|---|---|---|"]
+    def cell(per_x, keys, field, fmt):
+        return " / ".join(fmt.format(per_x[k][field]) if field in per_x.get(k, {}) else "—" for k in keys)
+    for label in dict.fromkeys([*results["prefill"], *results["decode"], *results["batched"]]):
+        dec = results["decode"].get(label, {})
+        ratio = [f"{dec[c]['ms_per_token'] / hf_ms:.2f}x" for c in results["contexts"]
+                 if "ms_per_token" in dec.get(c, {}) and hf_ms]
+        lines.append(f"| {label} | {cell(results['prefill'].get(label, {}), results['lengths'], 'tokens_per_s', '{:.0f}')} "
+                     f"| {cell(dec, results['contexts'], 'ms_per_token', '{:.1f}')} | {' / '.join(ratio) or '—'} "
+                     f"| {cell(results['batched'].get(label, {}), results['batches'], 'tokens_per_s', '{:.0f}')} |")
+    train = results["train"]
+    lines.append("")
+    lines.extend(f"training step B=1 L={results['train_length']} {n}: {r['seconds']:.2f} s, peak RSS "
+                 f"{r['peak_rss_mb']:.0f} MB" for n, r in train.items() if "seconds" in r)
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -223,7 +263,9 @@ def main() -> None:
     ap.add_argument("--worker")
     ap.add_argument("--plot-only", action="store_true", help="redraw lm.png from lm.json")
     ap.add_argument("--impls", default="mambakit,transformers,mambapy",
-                    help="comma-separated subset of mambakit,transformers,mambapy")
+                    help=f"comma-separated subset of {','.join(BUILD)}")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help="mambakit weight formats to measure (default: fp32,bf16,int8)")
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker)
@@ -232,36 +274,49 @@ def main() -> None:
 
     size = (dict(d_model=128, n_layer=2, vocab_size=512) if args.quick
             else dict(d_model=768, n_layer=24, vocab_size=50280))
-    prefill_len = 256 if args.quick else 2048
-    contexts = [16, 128] if args.quick else [128, 8192]
+    lengths = [64, 256] if args.quick else [512, 2048]
+    contexts = [16, 128] if args.quick else [128, 4096]
+    batches = [1, 8, 32]
     train_len = 64 if args.quick else 512
     impls = [i for i in args.impls.split(",") if i]
-    unknown = [i for i in impls if i not in BUILD]
+    precisions = [p for p in args.precisions.split(",") if p]
+    unknown = [i for i in impls if i not in BUILD] + [p for p in precisions if p not in PRECISIONS]
     if unknown:
-        ap.error(f"unknown implementation(s) {unknown}; choose from {sorted(BUILD)}")
+        ap.error(f"unknown implementation(s) or precision(s) {unknown}; choose from {sorted(BUILD)} "
+                 f"and {list(PRECISIONS)}")
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-               "model": size, "prefill": {}, "decode": {}, "train": {}}
+               "model": size, "lengths": [str(x) for x in lengths], "contexts": [str(x) for x in contexts],
+               "batches": [str(x) for x in batches], "train_length": train_len,
+               "prefill": {}, "decode": {}, "batched": {}, "train": {}}
     for impl in impls:
-        print(f"[{impl}] prefill L={prefill_len} ...", flush=True)
-        results["prefill"][impl] = run_case("prefill", impl=impl, size=size, length=prefill_len,
-                                            repeats=3 if impl == "mambakit" else 1)
-        for ctx in contexts:
+        ours = impl.startswith("mambakit")
+        for precision in (precisions if ours else ["fp32"]):
+            label = f"{impl} {precision}"
+            for length in lengths:
+                print(f"[{label}] prefill L={length} ...", flush=True)
+                results["prefill"].setdefault(label, {})[str(length)] = run_case(
+                    "prefill", impl=impl, size=size, length=length, repeats=3 if ours else 1,
+                    precision=precision)
             if impl == "mambapy":
                 continue  # mambapy decodes by re-running its step over the whole prompt; not a peer here
-            if impl == "transformers" and ctx > 1024:
-                continue  # HF's decode is flat in context; prefilling 8K on its CPU path takes minutes
-            print(f"[{impl}] decode context={ctx} ...", flush=True)
-            results["decode"].setdefault(impl, {})[str(ctx)] = run_case(
-                "decode", impl=impl, size=size, context=ctx, n_tokens=20)
+            for ctx in contexts:
+                if impl == "transformers" and ctx > 1024:
+                    continue  # HF's decode is flat in context; prefilling 4K on its CPU path takes minutes
+                print(f"[{label}] decode context={ctx} ...", flush=True)
+                results["decode"].setdefault(label, {})[str(ctx)] = run_case(
+                    "decode", impl=impl, size=size, context=ctx, n_tokens=20, precision=precision)
+            for batch in batches if ours else []:  # transformers' batched generate: not a like-for-like step
+                print(f"[{label}] batched decode B={batch} ...", flush=True)
+                results["batched"].setdefault(label, {})[str(batch)] = run_case(
+                    "decode", impl=impl, size=size, context=16, n_tokens=12, precision=precision, batch=batch)
         if impl != "transformers" or args.quick:  # HF's step at L=512 takes minutes (SPEC: 462 s)
             print(f"[{impl}] train step L={train_len} ...", flush=True)
-            results["train"][impl] = run_case("train", impl=impl, size=size, length=train_len,
-                                              repeats=3)
+            results["train"][impl] = run_case("train", impl=impl, size=size, length=train_len, repeats=3)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / ("lm_quick.json" if args.quick else "lm.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))
-    print(json.dumps(results, indent=2))
+    print(table(results))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

@@ -102,8 +102,10 @@ def linear_cpu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     bias = None if bias is None else bias.to(_F32).contiguous()
     y = x2.new_empty(rows, n)
     w = weight.view(torch.int16) if weight.dtype == torch.bfloat16 else weight   # bf16 as raw bits
+    # Small matrices (x_proj: 80 rows) finish before a second thread would have started.
+    threads = torch.get_num_threads() if n * k >= 1 << 17 else 1
     getattr(library(), _GEMV[weight.dtype])(ptr(x2), x2.stride(0), ptr(w), ptr(scale), ptr(bias), ptr(y),
-                                            n, rows, n, k, torch.get_num_threads())
+                                            n, rows, n, k, threads)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 

@@ -1,45 +1,79 @@
-"""`mambakit synth`: the Mamba paper's synthetic tasks (thin layer over mambakit.tasks.run_synth)."""
+"""`mambakit synth`: the papers' synthetic tasks and experiments (thin layer over mambakit.tasks).
+
+    synth selective-copying | induction-heads | mqar   train + evaluate each --model, plot them
+    synth table1                                        the Mamba paper's Table 1, beside its numbers
+    synth mqar-sweep                                    Zoology's MQAR: models x widths x lengths
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from mambakit.cli.common import emit_json, finite_float, non_negative_float, positive_int, seed_int
 
-# flag destination -> SynthConfig field; a flag left out keeps the SynthConfig default
-FIELDS = {"model": "model", "d_model": "d_model", "n_layer": "n_layer", "budget_params": "budget_params",
+TASK_CHOICES = ("selective-copying", "induction-heads", "mqar", "table1", "mqar-sweep")
+# flag destination -> SynthConfig field; a flag left out keeps the SynthConfig (or --paper) default
+FIELDS = {"d_model": "d_model", "n_layer": "n_layer", "budget_params": "budget_params",
           "vocab_size": "vocab_size", "num_tokens": "num_tokens", "seq_len": "seq_len", "steps": "steps",
           "batch_size": "batch_size", "lr": "lr", "warmup": "warmup_steps", "weight_decay": "weight_decay",
-          "eval_lengths": "eval_lengths", "eval_samples": "eval_samples", "seed": "seed", "device": "device"}
+          "loss_on": "loss_on", "time_budget": "time_budget", "checkpoint_every": "checkpoint_every",
+          "eval_lengths": "eval_lengths", "eval_samples": "eval_samples", "eval_batch_size": "eval_batch_size",
+          "eval_chunk": "eval_chunk", "eval_max_tokens": "eval_max_tokens", "seed": "seed", "device": "device"}
+
+
+def threads_arg(text: str) -> int | str:
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("synth", help="selective copying / induction heads: train, test, extrapolate",
-                       description="Train a model on a synthetic task of the Mamba paper (fresh random "
-                                   "batches every step), then measure its accuracy at the training "
-                                   "length and at longer ones (length extrapolation).")
-    p.add_argument("task", help="selective-copying or induction-heads")
-    p.add_argument("--model", help="model family from the registry (default: mamba)")
+    p = sub.add_parser("synth", help="the papers' synthetic tasks: selective copying, induction heads, MQAR, Table 1",
+                       description="Train models on a synthetic task of the Mamba / Zoology papers (fresh random "
+                                   "batches every step), then measure accuracy at the training length and at "
+                                   "longer ones. With --out every run writes a JSON + PNG report and checkpoints; "
+                                   "the same command run again continues from the last checkpoint.")
+    p.add_argument("task", metavar="TASK", help=" | ".join(TASK_CHOICES))
+    p.add_argument("--model", nargs="+", help="registry model(s) (default: mamba; mqar-sweep: mamba transformer "
+                                             "s4d gru mamba2); table1 fixes its own")
+    p.add_argument("--paper", action="store_true", help="the paper's recipe (induction heads: L=256, batch 8, "
+                                                       "constant lr 1e-3, tested at 2^6..2^20)")
     p.add_argument("--d-model", type=positive_int, help="model width (default: 64, as in the paper)")
     p.add_argument("--n-layer", type=positive_int, help="layers (default: 2, as in the paper)")
     p.add_argument("--budget-params", type=positive_int, help="size d_model to about this many parameters")
     p.add_argument("--model-field", action="append", default=[], metavar="KEY=VALUE",
                    help="another model config field, e.g. d_state=8 or positions=learned (repeatable)")
-    p.add_argument("--vocab-size", type=positive_int, help="token ids, special ones included (default: 16)")
-    p.add_argument("--num-tokens", type=positive_int, help="selective copying: data tokens (default: 4)")
-    p.add_argument("--seq-len", type=positive_int, help="training length (default: 64)")
-    p.add_argument("--steps", type=positive_int, help="optimizer steps (default: 2000)")
+    p.add_argument("--vocab-size", type=positive_int, help="token ids, special ones included (default: 16; mqar 1024)")
+    p.add_argument("--num-tokens", type=positive_int,
+                   help="selective copying: data tokens (default: 16); mqar: key-value pairs (default: 8)")
+    p.add_argument("--seq-len", type=positive_int,
+                   help="training length (default: selective copying 128, induction heads 64, mqar 128)")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps (default: selective copying 6000, "
+                                                      "induction heads 2000, mqar 3000)")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: 32)")
     p.add_argument("--lr", type=finite_float, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--constant-lr", action="store_true", help="no cosine decay after warmup")
     p.add_argument("--warmup", type=int, help="warmup steps (default: 50)")
     p.add_argument("--weight-decay", type=non_negative_float, help="AdamW weight decay (default: 0)")
+    p.add_argument("--loss-on", choices=["answers", "all"],
+                   help="loss on the scored answers only (default) or on the next token everywhere")
+    p.add_argument("--time-budget", type=finite_float, metavar="SECONDS",
+                   help="stop each run's training after this long, then evaluate")
+    p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default: 500)")
     p.add_argument("--eval-lengths", type=positive_int, nargs="*",
                    help="lengths tested besides --seq-len (default: 2x and 4x --seq-len; none: no value)")
     p.add_argument("--eval-samples", type=positive_int, help="held-out sequences per length (default: 256)")
+    p.add_argument("--eval-batch-size", type=positive_int, help="sequences per evaluation batch (default: --batch-size)")
+    p.add_argument("--eval-chunk", type=positive_int,
+                   help="evaluate longer sequences this many tokens at a time, state carried (default: 8192)")
+    p.add_argument("--eval-max-tokens", type=positive_int, help="cap on samples x length at each tested length")
+    p.add_argument("--widths", type=positive_int, nargs="+", default=[64, 128, 256], help="mqar-sweep widths")
+    p.add_argument("--lengths", type=positive_int, nargs="+", default=[64, 128, 256, 512], help="mqar-sweep lengths")
+    p.add_argument("--threads", type=threads_arg, default="auto",
+                   help="intra-op threads, or auto: 1 on a busy machine unless OMP_WAIT_POLICY=PASSIVE (default)")
     p.add_argument("--seed", type=seed_int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--out", help="folder to write <task>-<model>.json into")
+    p.add_argument("--out", help="folder for reports (JSON + PNG) and checkpoints")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -60,47 +94,156 @@ def parse_model_fields(items: list[str]) -> dict:
     return fields
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from mambakit.io.atomic import atomic_write_text
-    from mambakit.tasks import SynthConfig, run_synth
+def base_config(args: argparse.Namespace, task: str):
+    from mambakit.tasks import SynthConfig
 
     given = {field: getattr(args, flag) for flag, field in FIELDS.items() if getattr(args, flag) is not None}
-    cfg = SynthConfig(task=args.task, model_fields=parse_model_fields(args.model_field), **given)
-    with tqdm(total=cfg.steps, desc=f"{cfg.task} {cfg.model}", unit="step",
-              disable=args.no_progress or None) as bar:
-        def on_progress(step: int, steps: int, loss: float) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-        result = run_synth(cfg, on_progress)
+    if args.constant_lr:
+        given["min_lr_ratio"] = 1.0
     if args.out:
-        path = Path(args.out) / f"{cfg.task}-{cfg.model}.json"
-        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-        result["written"] = str(path)
+        given["checkpoint_dir"] = str(Path(args.out) / "checkpoints")
+    fields = parse_model_fields(args.model_field)
+    if args.paper:
+        return SynthConfig.paper(task, model_fields=fields, **given)
+    return SynthConfig(task=task, model_fields=fields, **given)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from mambakit.threads import auto_threads
+
+    torch.set_num_threads(auto_threads() if args.threads == "auto" else args.threads)
+
+    def progress(name: str, total: int):
+        bar = tqdm(total=total, desc=name, unit="step", disable=args.no_progress or None, leave=False)
+
+        def on_progress(step: int, steps: int, loss: float) -> None:
+            bar.n = step
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(0)
+            if step == steps:
+                bar.close()
+        return on_progress
+
+    out = Path(args.out) if args.out else None
+    if args.task == "table1":
+        return _table1(args, out, progress)
+    if args.task == "mqar-sweep":
+        return _mqar_sweep(args, out, progress)
+    return _runs(args, out, progress)
+
+
+def _report(out, name: str, result: dict) -> None:
+    """<out>/<name>.json and .png: one run's numbers, loss curve and accuracy vs length."""
+    from mambakit.io.atomic import atomic_write_text
+    from mambakit.plots.synth import plot_synth_runs
+
+    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    plot_synth_runs([result], out / f"{name}.png")
+
+
+def _runs(args, out, progress) -> int:
+    from mambakit.plots.synth import plot_synth_runs
+    from mambakit.tasks import run_synth
+
+    base = base_config(args, args.task)
+    results = []
+    for model in args.model or [base.model]:
+        cfg = dataclasses.replace(base, model=model, checkpoint_dir=None if out is None else
+                                  str(out / "checkpoints" / f"{args.task}-{model}"))
+        result = run_synth(cfg, progress(f"{cfg.task} {model}", cfg.steps))
+        results.append(result)
+        if out is not None:
+            _report(out, f"{args.task}-{model}", result)
+    if out is not None and len(results) > 1:
+        plot_synth_runs(results, out / f"{args.task}.png")
     if args.json:
-        emit_json(result)
-    else:
-        print_table(result)
+        emit_json(results[0] if len(results) == 1 else results)
+        return 0
+    print_runs(results)
+    if out is not None:
+        print(f"reports written to {out}")
     return 0
 
 
-def print_table(result: dict) -> None:
-    """One row per model: parameters, final loss, then token accuracy at each evaluated length."""
-    evals = result["eval"]
-    headers = ["model", "params", "final loss"] + [f"acc@{e['seq_len']}" + (" (train)" if i == 0 else "")
-                                                 for i, e in enumerate(evals)]
-    row = [result["model"], f"{result['parameters']:,}", f"{result['final_loss']:.3f}"]
-    row += [f"{e['token_accuracy']:.3f}" if e["applicable"] else "n/a" for e in evals]
-    widths = [max(len(h), len(c)) for h, c in zip(headers, row)]
-    print(f"{result['task']}: accuracy = scored tokens exactly right (chance {result['chance']:.3f})")
-    for cells in (headers, row):
+def _table1(args, out, progress) -> int:
+    from mambakit.io.atomic import atomic_write_text
+    from mambakit.plots.synth import plot_table1
+    from mambakit.tasks.experiments import run_table1
+
+    if args.model:
+        raise ValueError("table1 fixes its rows' models; drop --model")
+    base = base_config(args, "selective-copying")
+    table = run_table1(base, lambda row, cfg: progress(f"table1 {row}", cfg.steps))
+    if out is not None:
+        for r in table["rows"]:
+            _report(out, f"table1-{r['model']}", r["result"])
+        atomic_write_text(out / "table1.json", json.dumps(table, indent=2) + "\n")
+        plot_table1(table["rows"], out / "table1.png")
+    if args.json:
+        emit_json(table)
+        return 0
+    s = table["setting"]
+    print(f"Table 1, selective copying: {s['num_tokens']} tokens to copy, vocabulary {s['vocab_size']}, "
+          f"L={s['seq_len']} (paper: 4096), {s['steps']} steps x batch {s['batch_size']}")
+    rows = [[r["row"], r["paper_row"], f"{r['paper']:.1f}",
+             f"{100 * r['accuracy']:.1f}", str(r["result"]["steps_done"]), f"{r['result']['train_seconds']:.0f}"]
+            for r in table["rows"]]
+    print_table(["row", "paper row", "paper %", "ours %", "steps", "train s"], rows)
+    return 0
+
+
+def _mqar_sweep(args, out, progress) -> int:
+    from mambakit.io.atomic import atomic_write_text
+    from mambakit.models import REGISTRY
+    from mambakit.plots.synth import plot_mqar_sweep
+    from mambakit.tasks.experiments import run_mqar_sweep
+
+    models = args.model or [m for m in ("mamba", "transformer", "s4d", "gru", "mamba2") if m in REGISTRY]
+    base = base_config(args, "mqar")
+    sweep = run_mqar_sweep(base, models, args.widths, args.lengths,
+                           on_point=lambda cfg: progress(f"mqar {cfg.model} d{cfg.d_model} L{cfg.seq_len}", cfg.steps))
+    if out is not None:
+        atomic_write_text(out / "mqar-sweep.json", json.dumps(sweep, indent=2) + "\n")
+        plot_mqar_sweep(sweep["points"], out / "mqar-sweep.png")
+    if args.json:
+        emit_json(sweep)
+        return 0
+    widths = sorted({p["d_model"] for p in sweep["points"]})
+    rows = []
+    for length in sorted({p["seq_len"] for p in sweep["points"]}):
+        for model in models:
+            acc = {p["d_model"]: p["accuracy"] for p in sweep["points"] if p["seq_len"] == length and p["model"] == model}
+            rows.append([str(length), model] + [f"{acc[w]:.3f}" if acc.get(w) is not None else "n/a" for w in widths])
+    print("MQAR accuracy (Zoology fig. 2): rows length x model, columns width")
+    print_table(["length", "model"] + [f"d={w}" for w in widths], rows)
+    return 0
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(c) for c in col) for col in zip(headers, *rows)]
+    for cells in (headers, *rows):
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
-    solved = ", ".join(f"{e['sequence_accuracy']:.3f}" if e["applicable"] else "n/a" for e in evals)
-    print(f"sequences fully right: {solved}")
-    for e in evals:
-        if not e["applicable"]:
-            print(f"length {e['seq_len']}: not applicable ({e['reason']})")
-    if "written" in result:
-        print(f"results written to {result['written']}")
+
+
+def print_runs(results: list[dict]) -> None:
+    """One row per model: parameters, steps, final loss, then token accuracy at each tested length."""
+    first = results[0]
+    lengths = [e["seq_len"] for e in first["eval"]]
+    headers = ["model", "params", "steps", "final loss"] + [f"acc@{n}" + (" (train)" if i == 0 else "")
+                                                          for i, n in enumerate(lengths)]
+    rows = []
+    for r in results:
+        loss = "n/a" if r["final_loss"] is None else f"{r['final_loss']:.3f}"
+        rows.append([r["model"], f"{r['parameters']:,}", str(r["steps_done"]), loss]
+                    + [f"{e['token_accuracy']:.3f}" if e["applicable"] else "n/a" for e in r["eval"]])
+    print(f"{first['task']}: accuracy = scored tokens exactly right (chance {first['chance']:.3f})")
+    print_table(headers, rows)
+    for r in results:
+        if r["stopped_early"]:
+            print(f"{r['model']}: stopped by the time budget after {r['steps_done']} of {r['config']['steps']} steps")
+        for e in r["eval"]:
+            if not e["applicable"]:
+                print(f"{r['model']} length {e['seq_len']}: not applicable ({e['reason']})")

@@ -16,7 +16,7 @@ def test_synth_json_and_out(tmp_path):
     assert [e["seq_len"] for e in result["eval"]] == [16, 32, 48]
     assert all(e["applicable"] and 0 <= e["token_accuracy"] <= 1 for e in result["eval"])
     written = json.loads((tmp_path / "induction-heads-mamba.json").read_text())
-    assert written["eval"] == result["eval"] and result["written"].endswith("induction-heads-mamba.json")
+    assert written["eval"] == result["eval"] and (tmp_path / "induction-heads-mamba.png").stat().st_size > 0
 
 
 def test_synth_table_marks_learned_positions_past_their_end():
@@ -26,7 +26,7 @@ def test_synth_table_marks_learned_positions_past_their_end():
                  "--eval-samples", "4", "--device", "cpu", "--no-progress")
     assert r.returncode == 0, r.stderr
     header, row = r.stdout.splitlines()[1:3]
-    assert header.split()[:4] == ["model", "params", "final", "loss"] and "acc@10 (train)" in header
+    assert header.split()[:5] == ["model", "params", "steps", "final", "loss"] and "acc@10 (train)" in header
     assert row.split()[0] == "transformer" and row.split()[-1] == "n/a"      # acc@40 > max_seq_len 20
     assert "length 40: not applicable" in r.stdout
 
@@ -38,3 +38,29 @@ def test_synth_bad_input_is_one_line():
         assert r.returncode != 0
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.startswith("mambakit synth: error:")
+
+
+def test_synth_table1_prints_the_papers_numbers_and_writes_reports(tmp_path):
+    r = mambakit("synth", "table1", "--d-model", "8", "--n-layer", "1", "--seq-len", "34", "--steps", "2",
+                 "--batch-size", "2", "--eval-lengths", "--eval-samples", "4", "--device", "cpu",
+                 "--out", str(tmp_path), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "16 tokens to copy, vocabulary 16" in lines[0]
+    rows = {line.split("  ")[0]: line for line in lines[2:]}
+    assert set(rows) == {"S4, no gate", "S6, no gate", "Mamba block + S4D", "Mamba block + S6"}
+    assert "18.3" in rows["S4, no gate"] and "99.8" in rows["Mamba block + S6"]
+    table = json.loads((tmp_path / "table1.json").read_text())
+    assert [row["model"] for row in table["rows"]] == ["s4", "s6", "mamba-s4d", "mamba"]
+    assert (tmp_path / "table1.png").stat().st_size > 0 and (tmp_path / "table1-s6.png").stat().st_size > 0
+
+
+def test_synth_mqar_sweep_json_and_plot(tmp_path):
+    r = mambakit("synth", "mqar-sweep", "--model", "mamba", "gru", "--widths", "8", "16", "--lengths", "32",
+                 "--n-layer", "1", "--steps", "1", "--batch-size", "2", "--eval-samples", "2", "--vocab-size", "64",
+                 "--device", "cpu", "--out", str(tmp_path), "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    points = json.loads(r.stdout)["points"]
+    assert {(p["model"], p["d_model"], p["seq_len"], p["num_kv_pairs"]) for p in points} == {
+        ("mamba", 8, 32, 2), ("mamba", 16, 32, 2), ("gru", 8, 32, 2), ("gru", 16, 32, 2)}
+    assert (tmp_path / "mqar-sweep.png").stat().st_size > 0

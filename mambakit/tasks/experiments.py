@@ -1,0 +1,68 @@
+"""The papers' synthetic experiments as library calls: Table 1 of the Mamba paper and Zoology's
+MQAR sweep. Each returns JSON-ready results; `mambakit synth table1 | mqar-sweep` prints and plots them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Optional
+
+from mambakit.tasks.runner import SynthConfig, run_synth
+
+# Mamba paper, Table 1 (selective copying, L=4096, 16 tokens, vocabulary 16): accuracy in %.
+# (row, registry model, its config fields, the paper's row it stands for, the paper's accuracy)
+TABLE1_ROWS = (
+    ("S4, no gate", "s4", {"output": "linear"}, "No gate / S4", 18.3),
+    ("S6, no gate", "s6", {}, "No gate / S6", 97.0),
+    ("Mamba block + S4D", "mamba-s4d", {}, "Mamba / S4", 56.4),
+    ("Mamba block + S6", "mamba", {}, "Mamba / S6", 99.8),
+)
+
+
+def _checkpoints(base: SynthConfig, name: str) -> Optional[str]:
+    """Each run of an experiment checkpoints in its own folder under base.checkpoint_dir."""
+    return None if base.checkpoint_dir is None else str(Path(base.checkpoint_dir) / name)
+
+
+def run_table1(base: SynthConfig, on_row: Optional[Callable[[str, SynthConfig], Callable]] = None) -> dict:
+    """Train and evaluate every Table 1 row with `base`'s task settings (selective copying).
+
+    `on_row(row, cfg)` may return the `on_progress` callback of that row's training.
+    Returns {"rows": [{row, model, paper_row, paper, accuracy, result}], "setting": ...}.
+    """
+    if base.task != "selective-copying":
+        raise ValueError(f"Table 1 is selective copying, got task {base.task!r}")
+    if base.model_fields or base.budget_params is not None:
+        raise ValueError("Table 1 fixes each row's model; it takes no model fields or parameter budget")
+    rows = []
+    for row, model, fields, paper_row, paper in TABLE1_ROWS:
+        cfg = dataclasses.replace(base, model=model, model_fields=dict(fields),
+                                  checkpoint_dir=_checkpoints(base, f"table1-{model}"))
+        result = run_synth(cfg, on_row(row, cfg) if on_row is not None else None)
+        rows.append({"row": row, "model": model, "paper_row": paper_row, "paper": paper,
+                     "accuracy": result["eval"][0]["token_accuracy"], "result": result})
+    return {"setting": {k: getattr(base, k) for k in ("seq_len", "num_tokens", "vocab_size", "steps",
+                                                       "batch_size", "lr", "time_budget")},
+            "rows": rows}
+
+
+def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], lengths: list[int],
+                   kv_pairs: Optional[Callable[[int], int]] = None,
+                   on_point: Optional[Callable[[SynthConfig], Callable]] = None) -> dict:
+    """Zoology's figure 2: every model × width × sequence length on MQAR, evaluated at its training
+    length. `kv_pairs(seq_len)` gives the key-value pairs (default seq_len // 16, at least 1)."""
+    if base.task != "mqar":
+        raise ValueError(f"the MQAR sweep needs task 'mqar', got {base.task!r}")
+    pairs = kv_pairs or (lambda length: max(1, length // 16))
+    points = []
+    for length in lengths:
+        for width in widths:
+            for model in models:
+                cfg = dataclasses.replace(base, model=model, d_model=width, seq_len=length,
+                                          num_tokens=pairs(length), eval_lengths=(),
+                                          checkpoint_dir=_checkpoints(base, f"mqar-{model}-d{width}-l{length}"))
+                result = run_synth(cfg, on_point(cfg) if on_point is not None else None)
+                points.append({"model": model, "d_model": width, "seq_len": length,
+                               "num_kv_pairs": cfg.num_tokens, "accuracy": result["eval"][0]["token_accuracy"],
+                               "result": result})
+    return {"points": points}

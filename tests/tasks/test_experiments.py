@@ -1,0 +1,113 @@
+"""The papers' experiments: MQAR against Zoology's definition, chunked evaluation == one forward,
+resumable and time-bounded runs, the paper recipe, thread fallback."""
+import dataclasses
+
+import pytest
+import torch
+
+from mambakit import threads
+from mambakit.tasks import IGNORE_INDEX, SynthConfig, mqar, run_synth
+from mambakit.tasks.common import seeded
+from mambakit.tasks.evaluate import scored_logits
+from mambakit.tasks.runner import build_synth_model, loss_targets
+
+
+def test_mqar_layout_is_zoologys():
+    b, l, k, v = 200, 64, 6, 40
+    inputs, targets = mqar(b, l, k, v, generator=seeded(0))
+    assert inputs.shape == targets.shape == (b, l) and inputs.dtype == torch.int64
+    keys, values = inputs[:, 0:2 * k:2], inputs[:, 1:2 * k:2]               # k_1 v_1 … k_K v_K first
+    assert bool(((keys >= 1) & (keys < v // 2)).all() and ((values >= v // 2) & (values < v)).all())
+    for row in range(b):
+        assert len(set(keys[row].tolist())) == k and len(set(values[row].tolist())) == k
+        scored = (targets[row] != IGNORE_INDEX).nonzero().flatten()
+        assert len(scored) == k and bool((scored >= 2 * k).all()) and bool(((scored - 2 * k) % 2 == 0).all())
+        for pos in scored.tolist():                    # each query is a key; its answer is that key's value
+            i = keys[row].tolist().index(int(inputs[row, pos]))
+            assert targets[row, pos] == values[row, i]
+    assert bool((targets[:, :2 * k] == IGNORE_INDEX).all())
+    zeros = mqar(4, l, k, v, random_non_queries=False, generator=seeded(1))[0]
+    query_region = zeros[:, 2 * k:]
+    assert int((query_region != 0).sum()) == 4 * k                          # only the queries there
+
+
+def test_mqar_query_gaps_follow_the_power_law():
+    """One pair per row (so sampling without replacement does not matter): the gap g of the query
+    after the context has probability ∝ (g+1)^(a-1), Zoology's power law."""
+    l, a, n = 40, 0.01, 6000
+    inputs, targets = mqar(n, l, 1, 16, power_a=a, generator=seeded(2))
+    gaps = ((targets != IGNORE_INDEX).int().argmax(-1) - 2) // 2
+    space = (l - 2) // 2
+    p = torch.arange(1, space + 1, dtype=torch.float64) ** (a - 1)
+    p = p / p.sum()
+    freq = torch.bincount(gaps, minlength=space).double() / n
+    torch.testing.assert_close(freq[:4], p[:4], atol=0.025, rtol=0)
+    assert gaps.max() < space
+
+
+@pytest.mark.parametrize("model", ["mamba", "transformer", "s4d", "gru"])
+def test_chunked_evaluation_equals_one_forward(model):
+    cfg = SynthConfig(task="selective-copying", model=model, d_model=16, n_layer=2, num_tokens=5, seq_len=37,
+                      steps=1, eval_lengths=())
+    net = build_synth_model(cfg).eval()
+    inputs, targets = cfg.sample(3, 37, seeded(4))
+    whole = scored_logits(net, inputs, targets, cfg.vocab_size)
+    chunked = scored_logits(net, inputs, targets, cfg.vocab_size, chunk=8)   # 8 does not divide 37
+    assert whole.shape == (15, cfg.vocab_size)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_on_all_positions_is_next_token_with_answers_kept():
+    inputs = torch.tensor([[3, 4, 5, 15, 15]])
+    targets = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 7, 8]])
+    assert torch.equal(loss_targets(inputs, targets, "answers"), targets)
+    assert loss_targets(inputs, targets, "all").tolist() == [[4, 5, 15, 7, 8]]
+
+
+TINY = dict(task="induction-heads", d_model=16, n_layer=1, vocab_size=6, seq_len=12, steps=6, batch_size=4,
+            eval_lengths=(24,), eval_samples=8, eval_chunk=5, checkpoint_every=2, device="cpu")
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    whole = run_synth(SynthConfig(**TINY))
+    cfg = SynthConfig(**TINY, checkpoint_dir=str(tmp_path / "ckpt"))
+
+    def stop_at_3(step, steps, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_synth(cfg, stop_at_3)
+    seen = []
+    resumed = run_synth(cfg, lambda step, steps, loss: seen.append(step))
+    assert seen == [4, 5, 6]                                   # continued after the interruption
+    assert resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)
+    assert resumed["eval"] == whole["eval"]
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        run_synth(dataclasses.replace(cfg, lr=1e-2))
+
+
+def test_time_budget_stops_training_and_still_evaluates():
+    result = run_synth(SynthConfig(**{**TINY, "steps": 10**6, "time_budget": 1e-3}))
+    assert result["stopped_early"] and result["steps_done"] < 10**6
+    assert result["eval"][0]["applicable"]
+
+
+def test_defaults_are_the_papers_settings():
+    cfg = SynthConfig()                                        # selective copying = Table 1's CPU setting
+    assert (cfg.num_tokens, cfg.vocab_size, cfg.seq_len) == (16, 16, 128)
+    paper = SynthConfig.paper("induction-heads", model="transformer")
+    assert (paper.seq_len, paper.batch_size, paper.lr, paper.min_lr_ratio, paper.warmup_steps) == (256, 8, 1e-3, 1.0, 0)
+    assert paper.eval_lengths[0] == 2 ** 6 and paper.eval_lengths[-1] == 2 ** 20 and paper.model == "transformer"
+    with pytest.raises(ValueError, match="no paper recipe"):
+        SynthConfig.paper("mqar")
+
+
+def test_auto_threads_falls_back_to_one_on_a_busy_machine(monkeypatch):
+    monkeypatch.setattr(threads, "machine_busy", lambda: True)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert threads.auto_threads() == 1
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert threads.auto_threads() == torch.get_num_threads()
+    monkeypatch.setattr(threads, "machine_busy", lambda: False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert threads.auto_threads() == torch.get_num_threads()

@@ -1,5 +1,6 @@
 import os
 
+import mambakit  # noqa: F401  (before torch: on a busy machine OpenMP then waits passively, mambakit/threads.py)
 import pytest
 import torch
 

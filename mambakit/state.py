@@ -18,25 +18,20 @@ length — so a long prompt is prefilled once and every later continuation start
     cache = model.allocate_cache(1); model(prompt_ids, cache=cache); save_state(cache, "p.state")
     out = model.generate(next_ids, cache=load_state("p.state", model))
 
-Works for every `RecurrentCache` (Mamba, S4, S4D). Stored as safetensors (no pickle): one tensor
-per layer and state field (`layers.{i}.conv`, `layers.{i}.ssm`, ...); metadata `seqlen_offset`.
+Files work for every `RecurrentCache` (Mamba, Mamba-2, S4, S4D); their format is in
+`mambakit.formats.state`.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Sequence
 
 import torch
 
-from safetensors import safe_open
-from safetensors.torch import save_file
+# The file format lives with the other formats; this is its public path.
+from mambakit.formats.state import load_state, save_state
 
-from mambakit.io.atomic import atomic_write
-from mambakit.io.files import CheckpointError, read_safetensors
-from mambakit.models.mixer_lm import RecurrentCache
-
-FORMAT = "mambakit-state"
+__all__ = ["snapshot", "restore", "select", "fork", "concat", "state_nbytes", "save_state", "load_state"]
 
 
 def snapshot(cache: Any) -> Any:
@@ -84,41 +79,3 @@ def concat(caches: Sequence[Any]) -> Any:
 def state_nbytes(cache: Any) -> int:
     """Bytes the cache's tensors hold (what a snapshot of it costs)."""
     return sum(t.numel() * t.element_size() for t in cache.tensors().values())
-
-
-def save_state(cache: RecurrentCache, path: str | os.PathLike) -> None:
-    """Write `cache` to `path` atomically (a detached copy; the cache itself is untouched)."""
-    if not isinstance(cache, RecurrentCache):
-        raise TypeError(f"save_state needs a recurrent model's cache, got {type(cache).__name__}")
-    tensors = {k: t.detach().contiguous() for k, t in cache.tensors().items()}
-    metadata = {"format": FORMAT, "seqlen_offset": str(cache.seqlen_offset)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def load_state(path: str | os.PathLike, model) -> RecurrentCache:
-    """Read a state saved by `save_state` into a cache laid out for `model` (on its device).
-    A file that does not fit the model raises CheckpointError naming the tensors."""
-    tensors = read_safetensors(path)
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a mambakit state file (format {metadata.get('format')!r})")
-    try:
-        offset = int(metadata["seqlen_offset"])
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt state metadata ({e!r})") from None
-    first = next(iter(tensors.values()), None)
-    template = model.allocate_cache(first.shape[0] if first is not None else 1)
-    if not isinstance(template, RecurrentCache):
-        raise CheckpointError(f"{type(model).__name__} has no recurrent state to load")
-    expected = template.tensors()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    bad = [f"{k}: {tuple(tensors[k].shape)} vs model {tuple(t.shape)}"
-           for k, t in expected.items() if k in tensors and tensors[k].shape != t.shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(f"{path} does not fit {type(model).__name__}: missing {missing}, "
-                              f"unexpected {unexpected}, shape mismatches {bad}")
-    layers = [dataclasses.replace(state, **{f.name: tensors[f"layers.{i}.{f.name}"].to(
-                  getattr(state, f.name).device) for f in dataclasses.fields(state)})
-              for i, state in enumerate(template.layers)]
-    return RecurrentCache(layers, offset)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{r['elements_per_s']:.3g} elements/s")
         return 0
 
-    from mambakit.io.checkpoint import load_model
+    from mambakit.models import load_model
     from mambakit.models import build
 
     model = load_model(args.checkpoint) if args.checkpoint else build(args.model, args.preset)

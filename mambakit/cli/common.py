@@ -88,7 +88,7 @@ def load_model_and_tokenizer(checkpoint: str, tokenizer_spec=None, precision: ar
     (parsed --dtype / --quantize) asks for."""
     from mambakit.data import load_tokenizer
     from mambakit.data.tokenizer import check_tokenizer_fits, tokenizer_fingerprint
-    from mambakit.io.checkpoint import load_model
+    from mambakit.models import load_model
 
     model = load_model(checkpoint)
     if precision is not None:

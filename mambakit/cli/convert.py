@@ -7,7 +7,7 @@ from mambakit.cli.common import emit_json
 
 
 def add_parser(sub) -> None:
-    from mambakit.io.checkpoint import FORMATS
+    from mambakit.formats.checkpoint import FORMATS
 
     p = sub.add_parser("convert", help="convert a checkpoint between mambakit, transformers and mamba_ssm",
                        description="Load SRC (its format is detected from config.json) and write it to "
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mambakit.io.checkpoint import convert
+    from mambakit.models import convert
 
     source_format = convert(args.src, args.dst, args.format)
     if args.json:

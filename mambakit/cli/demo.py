@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from mambakit.train.compare import CompareConfig, compare
+    from mambakit.demo import CompareConfig, compare
 
     overrides = {k: v for k, v in dict(steps=args.steps, time_budget_s=args.time_budget,
                                        budget_params=args.budget_params).items() if v is not None}

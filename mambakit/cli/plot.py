@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 def _checkpoint_mixers(directory):
     if directory is None:
         return None
-    from mambakit.io.checkpoint import load_model
+    from mambakit.models import load_model
     from mambakit.modules.s4 import LTIMixer
 
     model = load_model(directory)
@@ -67,7 +67,7 @@ def _plot_selectivity(path: Path, args: argparse.Namespace) -> None:
     import torch
 
     from mambakit.data import load_tokenizer
-    from mambakit.io.checkpoint import load_model
+    from mambakit.models import load_model
     from mambakit.plots.selectivity import plot_selectivity
 
     if args.checkpoint is None:

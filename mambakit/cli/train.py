@@ -98,7 +98,7 @@ def _train_in(out: Path, args: argparse.Namespace, cfg) -> int:
 
     from mambakit.data import load_tokenizer
     from mambakit.data.tokens import load_splits
-    from mambakit.io.checkpoint import load_model
+    from mambakit.models import load_model
     from mambakit.train import TrainingInterrupted, train
     from mambakit.train.checkpoint import latest_checkpoint
 

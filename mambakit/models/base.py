@@ -12,12 +12,17 @@ import dataclasses
 import functools
 import json
 import os
+from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from mambakit.config import ConfigBase
+from mambakit.formats.checkpoint import read_checkpoint, save_model
+from mambakit.io.files import CONFIG_NAME, CheckpointError
+from mambakit.io.weights import load_state_into
+from mambakit.models.quantize import quantize
 
 
 class LanguageModel(nn.Module):
@@ -122,19 +127,31 @@ class LanguageModel(nn.Module):
 
         return stream(self, input_ids, max_new_tokens=max_new_tokens, **sampling)
 
-    def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> None:
-        from mambakit.io.checkpoint import save_model
-
-        save_model(self, directory, **kwargs)
+    def save_pretrained(self, directory: str | os.PathLike, format: str = "mambakit") -> None:
+        """Write config.json + weights to `directory` in `format` ("mambakit", "transformers" or
+        "mamba_ssm"; see `mambakit.formats.checkpoint`)."""
+        save_model(self, directory, format=format)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **kwargs):
-        from mambakit.io.checkpoint import load_model
-
-        model = load_model(directory, **kwargs)
-        if not isinstance(model, cls):
-            raise ValueError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"):
+        """A `cls` model from a checkpoint directory in any format it can be read from
+        (`mambakit.models.load_model` loads whichever family a directory holds)."""
+        config_class = getattr(cls, "config_class", None)
+        if config_class is None:
+            raise TypeError(f"{cls.__name__} is not a model family; call from_pretrained on one "
+                            f"(MambaLM, ...) or use mambakit.models.load_model")
+        ckpt = read_checkpoint(directory, config_class)
+        with torch.device("meta"):
+            model = cls(ckpt.config)
+        model = model.to_empty(device=device)
+        model.tie_weights()  # to_empty makes every parameter a new object
+        if ckpt.quantization is not None:
+            try:
+                quantize(model, ckpt.quantization)  # the packed layout; the weights come next
+            except ValueError as e:
+                raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: {e}") from None
+        load_state_into(model, ckpt.state, ckpt.source)
+        return model.eval()
 
 
 def _empty_input_gives_empty_logits(forward):

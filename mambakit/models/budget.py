@@ -11,7 +11,7 @@ import torch
 
 from mambakit.checks import require_int
 from mambakit.config import ConfigBase
-from mambakit.models import REGISTRY, config_for, from_config, model_class
+from mambakit.models.registry import REGISTRY, config_for, from_config, model_class
 
 # Depth per family when none is given. A Mamba or S4 layer holds about half the parameters of an
 # attention + MLP layer, so the Mamba paper pairs 2x the layers with the Transformer's width.

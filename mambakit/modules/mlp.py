@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MLP_KINDS = ("swiglu", "gelu")
+from mambakit.config.transformer import MLP_KINDS
 
 
 class MLP(nn.Module):

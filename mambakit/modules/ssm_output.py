@@ -12,7 +12,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-OUTPUTS = ("glu", "linear", "none")
+from mambakit.config.s4 import OUTPUTS
 
 
 def make_out_proj(d: int, output: str) -> Optional[nn.Linear]:

@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import save_file
 
 from mambakit.io.atomic import atomic_write, atomic_write_text, default_permissions
-from mambakit.io.checkpoint import WEIGHTS_NAME, CheckpointError, export_state, read_safetensors, save_weights_dir
+from mambakit.io.files import WEIGHTS_NAME, CheckpointError, read_safetensors
+from mambakit.io.weights import export_state, save_weights_dir
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"

@@ -25,7 +25,8 @@ from mambakit.checks import require_finite, require_int
 from mambakit.data.packing import Batch, train_batch
 from mambakit.data.tokenizer import tokenizer_fingerprint
 from mambakit.data.tokens import TokenDataset
-from mambakit.io.checkpoint import CheckpointError, export_state, save_weights_dir
+from mambakit.io.files import CheckpointError
+from mambakit.io.weights import export_state, save_weights_dir
 from mambakit.models.base import check_memory
 from mambakit.train import checkpoint as ckpt
 from mambakit.train.distributed import (DistContext, all_reduce_mean, any_rank, init_distributed,

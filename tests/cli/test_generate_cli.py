@@ -7,7 +7,7 @@ import torch
 from mambakit.data.bpe import train_bpe
 from mambakit.data.tokenizer import ByteTokenizer
 from mambakit.generation import generate_text
-from mambakit.io.checkpoint import load_model
+from mambakit.models import load_model
 from tests.cli.test_cli import mambakit
 from tests.conftest import tiny_mamba
 

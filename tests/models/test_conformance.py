@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mambakit.generation import pad_prompts
-from mambakit.io.checkpoint import load_model, read_config
+from mambakit.io.files import read_config
+from mambakit.models import load_model
 from mambakit.models import REGISTRY, build, from_config
 from mambakit.models.budget import configs_for_budget, count_parameters
 

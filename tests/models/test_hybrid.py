@@ -11,7 +11,7 @@ import torch
 
 from mambakit import Mamba2Config, Mamba2LM, MambaConfig, MambaLM
 from mambakit.generation import pad_prompts
-from mambakit.io.checkpoint import load_model
+from mambakit.models import load_model
 from mambakit.modules.mha import MHA
 
 ATTN = dict(num_heads=4, num_heads_kv=2, rotary_emb_dim=4, qkv_proj_bias=True, out_proj_bias=False)

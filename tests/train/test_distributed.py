@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mambakit.io.checkpoint import load_model
+from mambakit.models import load_model
 from mambakit.train import train
 from mambakit.train.distributed import DistContext
 from mambakit.train.loop import accumulate_gradients

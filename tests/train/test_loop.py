@@ -9,7 +9,7 @@ import torch
 
 from mambakit.data import ByteTokenizer, TokenDataset, token_byte_lengths
 from mambakit.io import files as io_files
-from mambakit.io.checkpoint import load_model
+from mambakit.models import load_model
 from mambakit.train import TrainConfig, TrainingInterrupted, train
 from mambakit.train import checkpoint as ckpt
 from mambakit.train.distributed import DistContext

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mambakit.io.checkpoint import CheckpointError
+from mambakit.io.files import CheckpointError
 from mambakit.state import load_state, save_state
 from tests.conftest import tiny_mamba
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from mambakit import MambaLM
-from mambakit.io.checkpoint import CheckpointError, convert, detect_format
+from mambakit.formats.checkpoint import detect_format
+from mambakit.io.files import CheckpointError
+from mambakit.models import convert
 from tests.conftest import tiny_mamba
 
 transformers = pytest.importorskip("transformers")

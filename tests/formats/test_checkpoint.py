@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mambakit import MambaLM
-from mambakit.io.checkpoint import CheckpointError
+from mambakit.io.files import CheckpointError
 from tests.conftest import tiny_mamba
 
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from mambakit import Mamba2Config, Mamba2LM, MambaLM
-from mambakit.io.checkpoint import CheckpointError, detect_architecture, load_model
-from tests.io.test_interop import hf_model, logits_of
+from mambakit.formats.checkpoint import detect_architecture
+from mambakit.io.files import CheckpointError
+from mambakit.models import load_model
+from tests.formats.test_interop import hf_model, logits_of
 
 transformers = pytest.importorskip("transformers")
 
@@ -131,7 +133,7 @@ def test_format_detection_tells_mamba1_from_mamba2_from_unsupported(tmp_path):
     with pytest.raises(CheckpointError, match="ssm_cfg.layer 'Mamba3' is not supported"):
         detect_architecture({"d_model": 8, "ssm_cfg": {"layer": "Mamba3"}})
     Mamba2LM(Mamba2Config(d_model=32, headdim=16)).save_pretrained(tmp_path / "ours")
-    with pytest.raises(ValueError, match="holds a Mamba2LM, not a MambaLM"):
+    with pytest.raises(ValueError, match="holds a 'mamba2' checkpoint, not a 'mamba' one"):
         MambaLM.from_pretrained(tmp_path / "ours")
 
 

@@ -25,8 +25,8 @@ import torch
 
 from mambakit.config import Mamba2Config, MambaConfig
 from mambakit.io.atomic import atomic_write
-from mambakit.io.checkpoint import export_state, write_model_dir
 from mambakit.io.files import BIN_NAME, CheckpointError
+from mambakit.io.weights import export_state, write_model_dir
 
 TOP_FIELDS = ("d_model", "n_layer", "vocab_size", "rms_norm", "residual_in_fp32",
               "pad_vocab_size_multiple", "tie_embeddings", "norm_epsilon", "attn_layer_idx", "attn_cfg")

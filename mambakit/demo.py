@@ -1,4 +1,4 @@
-"""The comparison behind `mambakit demo`: equal-size Mamba, Transformer and RNN trained on the same
+"""The experiment behind `mambakit demo`: equal-size Mamba, Transformer and RNN trained on the same
 corpus and token budget, then measured side by side (bits/byte, training tokens/s, decode latency
 at short and long context, peak memory) with a sample from each."""
 from __future__ import annotations

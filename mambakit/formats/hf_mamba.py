@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 
 from mambakit.config import MambaConfig
 from mambakit.io.atomic import atomic_write
-from mambakit.io.checkpoint import export_state, write_model_dir
 from mambakit.io.files import WEIGHTS_NAME, CheckpointError
+from mambakit.io.weights import export_state, write_model_dir
 
 # (theirs, ours) key prefixes
 KEY_PREFIXES = (("backbone.embeddings.", "backbone.embedding."),)

@@ -5,7 +5,7 @@ import pytest
 
 from mambakit.models import config_for
 from mambakit.perf import decode_latency_ms
-from mambakit.train import compare as cmp
+from mambakit import demo as cmp
 from tests.conftest import tiny_mamba
 
 

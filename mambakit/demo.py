@@ -77,8 +77,8 @@ def compare(cfg: CompareConfig, out_dir: str | Path = "runs/demo",
 
     out = Path(out_dir)
     tokenizer = load_tokenizer()
+    configs = equal_size_configs(cfg.models, cfg.budget_params, tokenizer.vocab_size)  # bad names fail first
     train_data, val_data = load_splits(tokenizer, None, out / "data", max_bytes=cfg.max_bytes)
-    configs = equal_size_configs(cfg.models, cfg.budget_params, tokenizer.vocab_size)
     reports = []
     for name, config in configs.items():
         torch.manual_seed(cfg.seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,7 @@ def prepare(out_dir: str | os.PathLike, tokenizer, sources: Optional[Sequence[st
     Reuses an existing preparation of the same sources, tokenizer and byte cap.
     """
     out = Path(out_dir)
+    created = not out.exists()   # removed again if preparing fails: a rejected run leaves nothing
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": 1, "tokenizer": tokenizer_fingerprint(tokenizer),
             "vocab_size": tokenizer.vocab_size, "eos_token_id": tokenizer.eos_token_id,
@@ -144,6 +146,8 @@ def prepare(out_dir: str | os.PathLike, tokenizer, sources: Optional[Sequence[st
     except BaseException as e:
         for w in writers.values():
             w.abort()
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
         full = disk_full(out / "train.bin", e)
         if full is not None:
             raise full from None

@@ -165,3 +165,14 @@ def test_huge_configs_are_refused_quickly_with_the_estimate(tmp_path):
     model = TransformerLM(TransformerConfig.preset("tiny"))
     with pytest.raises(ValueError, match=r"a KV cache of 1 x 100,000,\d+ positions would need about"):
         model.generate(torch.tensor([[1, 2]]), max_new_tokens=100_000_000)
+
+
+@pytest.mark.parametrize("argv", [
+    ("tokenizer", "prepare", "--data", "{tmp}/missing.txt", "--out", "{tmp}/out"),
+    ("demo", "--models", "no-such-family", "--out", "{tmp}/out"),
+])
+def test_other_rejected_commands_leave_no_out_folder(tmp_path, capsys, argv):
+    # before: the --out folder was created before the error
+    code, _, err = in_process(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

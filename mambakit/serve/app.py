@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from mambakit.serve.engine import Engine, QueueFull
+from mambakit.serve.engine import Engine, EngineStopped, QueueFull
 from mambakit.serve.protocol import APIError, parse_request, plain_chat_template
 
 
@@ -71,6 +71,8 @@ def create_app(engine: Engine, model_name: str, chat_template=plain_chat_templat
             job = engine.submit(req, emit)
         except QueueFull as e:
             raise APIError(429, f"the server is busy: {e}; retry later", type="rate_limit_error") from None
+        except EngineStopped as e:
+            raise APIError(503, str(e), type="server_error") from None
         reply = Reply(kind, model_name, req.n)
         if stream:
             return StreamingResponse(reply.sse(job, events, include_usage), media_type="text/event-stream")
@@ -87,11 +89,12 @@ def create_app(engine: Engine, model_name: str, chat_template=plain_chat_templat
             {"id": model_name, "object": "model", "created": started, "owned_by": "mambakit"}]})
 
     async def health(request):
-        cache = engine.prefix_cache
-        return JSONResponse({"status": "ok", "model": model_name,
+        cache, alive = engine.prefix_cache, engine.alive
+        return JSONResponse({"status": "ok" if alive else "engine stopped", "model": model_name,
                              "family": engine.model.config.model_type, **engine.gauges(),
                              "max_batch": engine.max_batch, "state_cache_budget_bytes": cache.budget,
-                             "state_cache_hits": cache.hits, "state_cache_misses": cache.misses})
+                             "state_cache_hits": cache.hits, "state_cache_misses": cache.misses},
+                            status_code=200 if alive else 503)
 
     async def metrics(request):
         return PlainTextResponse(engine.metrics.render(engine.gauges()),

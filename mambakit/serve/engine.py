@@ -39,6 +39,10 @@ class QueueFull(Exception):
     """The waiting queue is at its bound: the client should retry later (HTTP 429)."""
 
 
+class EngineStopped(Exception):
+    """The engine thread is not running: nothing will be served (HTTP 503)."""
+
+
 @dataclass
 class GenerationRequest:
     prompt_ids: list[int]
@@ -118,6 +122,8 @@ class Engine:
         timeout = self.request_timeout
         job = Job(request, emit, time.perf_counter() + timeout if timeout else float("inf"))
         with self._wake:
+            if not self.alive:
+                raise EngineStopped("the engine is not running (see the server's log)")
             if len(self._waiting) >= self.max_queue:
                 self.metrics.inc("requests_rejected_total")
                 raise QueueFull(f"{len(self._waiting)} requests are waiting (--max-queue {self.max_queue})")
@@ -126,6 +132,10 @@ class Engine:
             self.metrics.inc("prompt_tokens_total", len(request.prompt_ids))
             self._wake.notify()
         return job
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     @property
     def live_states(self) -> int:
@@ -150,23 +160,32 @@ class Engine:
                     while self._waiting and self._waiting[0].request.n <= room:
                         room -= self._waiting[0].request.n
                         self._prefilling.append(self._waiting.popleft())
-                self._drop_over()
-                if self._prefilling:
-                    self._guarded([self._prefilling[0]], self._prefill_chunk)
-                if self._rows:
-                    self._guarded([j for j, _ in self._rows], self._decode_step)
+                try:
+                    self._drop_over()
+                    if self._prefilling:
+                        self._guarded([self._prefilling[0]], self._prefill_chunk)
+                    if self._rows:
+                        self._guarded([j for j, _ in self._rows], self._decode_step)
+                except Exception as e:  # noqa: BLE001 - the engine's own bookkeeping: fail what is live
+                    self._fail(list(self._prefilling) + [j for j, _ in self._rows], e)
+                    self._prefilling.clear()
+                    self._rows, self._cache = [], None
 
     def _guarded(self, jobs: list[Job], fn) -> None:
         """Run one step; an exception fails the jobs it touched, never the engine."""
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - reported to the affected clients, then dropped
-            log.exception("engine step failed; failing its %d request(s)", len(jobs))
-            for job in jobs:
-                job.emit({"error": f"{type(e).__name__}: {e}"})
-                job.cancel()
-            self.metrics.inc("errors_total")
-            self._drop_over()
+            self._fail(jobs, e)
+            if fn == self._decode_step:     # the batch's states may be half-advanced: drop them all
+                self._rows, self._cache = [], None
+
+    def _fail(self, jobs: list[Job], e: Exception) -> None:
+        log.exception("engine step failed; failing its %d request(s)", len(jobs))
+        for job in jobs:
+            job.emit({"error": f"{type(e).__name__}: {e}"})
+            job.cancel()
+        self.metrics.inc("errors_total")
 
     def _drop_over(self) -> None:
         now = time.perf_counter()

@@ -216,3 +216,13 @@ def test_other_families_serve_exactly_too(name):
         s.wait_for("live_states", 0)
     finally:
         s.close()
+
+
+def test_a_stopped_engine_answers_503_instead_of_hanging():
+    s = Served(tiny_byte_mamba())
+    try:
+        s.engine.shutdown()
+        status, reply = s.post("/v1/completions", json.dumps({"model": "tiny", "prompt": "a"}).encode())
+        assert status == 503 and "not running" in reply["error"]["message"]
+    finally:
+        s.close()

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 import torch
 
-from mambakit.generation import Sampler, SamplingParams, TextDecoder
+from mambakit.generation import Sampler, SamplingParams, TextDecoder, prefill
 from mambakit.serve.metrics import Metrics
 from mambakit.serve.prefix_cache import PrefixCache, prefix_hashes
 from mambakit.state import concat, fork, select, snapshot, state_nbytes
@@ -234,7 +234,7 @@ class Engine:
         if job.pos < len(prompt) - 1 < end:
             end = len(prompt) - 1
         ids = torch.tensor([prompt[job.pos:end]], device=model.device)
-        logits = model(ids, cache=job.cache)[:, -1, : model.vocab_size]      # (1, vocab)
+        logits = prefill(model, ids, job.cache, chunk_size=ids.shape[1])[:, : model.vocab_size]  # (1, vocab)
         self.metrics.inc("prefill_tokens_total", end - job.pos)
         job.pos = end
         if job.pos < len(prompt):

@@ -69,20 +69,31 @@ def prefill_tokens_per_s(model, length: int, repeats: int = 3, seed: int = 0) ->
 def decode_latency_ms(model, context: int, n_tokens: int = 8, seed: int = 0) -> float:
     """Median ms per decoded token after prefilling `context` tokens: the cost a chat user feels
     at that context length (flat for recurrent models, growing for attention's KV cache)."""
+    return decode_latency_curve(model, [context], n_tokens, seed)[context]
+
+
+@torch.inference_mode()
+def decode_latency_curve(model, contexts, n_tokens: int = 8, seed: int = 0) -> dict[int, float]:
+    """{context: median ms per decoded token} for increasing `contexts`, from ONE growing cache:
+    the prompt is prefilled (chunked) only up to the next context each time, so a curve out to
+    2^14 tokens costs one 2^14-token prefill, not one per point."""
     from mambakit.generation import prefill
 
     model.eval()
-    device = next(model.parameters()).device
+    contexts = sorted(contexts)
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.vocab_size, (1, context), generator=g).to(device)
-    cache = model.allocate_cache(1, max_seqlen=context + n_tokens + 1)
-    logits = prefill(model, ids, cache)
-    times = []
-    for _ in range(n_tokens + 1):   # the first step warms up allocations; not counted
-        token = logits[:, :model.vocab_size].argmax(-1)
-        synchronize(device)
-        start = time.perf_counter()
-        logits = model.step(token, cache)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[1:])
+    ids = torch.randint(0, model.vocab_size, (1, contexts[-1]), generator=g)
+    cache = model.allocate_cache(1, max_seqlen=contexts[-1] + len(contexts) * (n_tokens + 1))
+    done, result = 0, {}
+    for context in contexts:
+        logits = prefill(model, ids[:, done:context], cache) if context > done else None
+        done = max(done, context)
+        token = ids[:, done - 1] if logits is None else logits[:, :model.vocab_size].argmax(-1)
+        times = []
+        for _ in range(n_tokens + 1):   # the first step warms up allocations; not counted
+            start = time.perf_counter()
+            logits = model.step(token, cache)
+            times.append(time.perf_counter() - start)
+            token = logits[:, :model.vocab_size].argmax(-1)
+        result[context] = 1000 * statistics.median(times[1:])
+    return result

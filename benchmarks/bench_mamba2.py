@@ -57,21 +57,22 @@ def main() -> None:
     print(f"chunk size by measurement: {best}", flush=True)
 
     sizes = {"mambakit-mamba2": {**size, "chunk_size": best}, "transformers-mamba2": size, "mambakit": size}
-    for impl, impl_size in sizes.items():
-        if impl == "mambakit-mamba2":   # measured by the sweep, at the chosen chunk size
-            results["prefill"][impl] = results["chunk_sweep"][str(best)]
-        else:
-            print(f"[{impl}] prefill L={prefill_len} ...", flush=True)
-            results["prefill"][impl] = case("prefill", impl=impl, size=impl_size, length=prefill_len,
-                                            repeats=args.repeats)
-        for ctx in contexts:
-            if impl != "mambakit-mamba2" and ctx > 1024:
-                continue  # peers' decode is flat in context (one recurrent step); an 8K prefill takes minutes
+    # Cheapest and most telling first (prefill, then short-context decode, long-context decode,
+    # training), so that a run cut short on a busy machine keeps the comparisons that matter most.
+    results["prefill"]["mambakit-mamba2"] = results["chunk_sweep"][str(best)]  # at the chosen chunk
+    for impl in ("transformers-mamba2", "mambakit"):
+        print(f"[{impl}] prefill L={prefill_len} ...", flush=True)
+        results["prefill"][impl] = case("prefill", impl=impl, size=sizes[impl], length=prefill_len,
+                                        repeats=args.repeats)
+    for ctx in contexts:
+        # peers' decode is flat in context (one recurrent step); their 8K prefill takes minutes
+        for impl in sizes if ctx <= 1024 else ["mambakit-mamba2"]:
             print(f"[{impl}] decode context={ctx} ...", flush=True)
             results["decode"].setdefault(impl, {})[str(ctx)] = case(
-                "decode", impl=impl, size=impl_size, context=ctx, n_tokens=12)
+                "decode", impl=impl, size=sizes[impl], context=ctx, n_tokens=12)
+    for impl in ("mambakit-mamba2", "mambakit", "transformers-mamba2"):
         print(f"[{impl}] train step L={train_len} ...", flush=True)
-        results["train"][impl] = case("train", impl=impl, size=impl_size, length=train_len,
+        results["train"][impl] = case("train", impl=impl, size=sizes[impl], length=train_len,
                                       repeats=args.repeats)
 
     results["machine"]["load_avg_at_end"] = os.getloadavg()[0]

@@ -8,6 +8,8 @@ medians of several runs. The machine may be shared: compare ratios within one ru
 
     python benchmarks/bench_mamba2.py            # full (many minutes)
     python benchmarks/bench_mamba2.py --quick    # small model, a smoke test of the script
+    OMP_NUM_THREADS=1 python benchmarks/bench_mamba2.py ...   # on a machine shared with busy
+        processes: two threads then mostly wait for each other at every op's barrier
 Writes benchmarks/results/mamba2.json and mamba2.png.
 """
 from __future__ import annotations
@@ -44,7 +46,8 @@ def main() -> None:
     contexts = [16, 128] if args.quick else [128, 8192]
     train_len = 64 if args.quick else 512
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                           "load_avg_at_start": os.getloadavg()[0]}, "repeats": args.repeats,
+                           "load_avg_at_start": os.getloadavg()[0],
+                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}, "repeats": args.repeats,
                "model": size, "chunk_sweep": {}, "prefill": {}, "decode": {}, "train": {}}
 
     for chunk in args.chunks:

@@ -13,22 +13,6 @@ from mambakit.modules.mamba import MambaMixer
 from mambakit.modules.mha import MHA
 
 
-@torch.no_grad()
-def init_mamba_weights(model: MixerLM) -> None:
-    """mamba_ssm's _init_weights (Mamba-1 and Mamba-2 alike): zero linear biases (except Δ's),
-    N(0, 0.02) embeddings, and out_proj rescaled by 1/sqrt(n_layer) so the residual stream's
-    variance stays bounded."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and module.bias is not None \
-                and not getattr(module.bias, "_no_reinit", False):
-            nn.init.zeros_(module.bias)
-    nn.init.normal_(model.backbone.embedding.weight, std=0.02)
-    for layer in model.backbone.layers:
-        w = layer.mixer.out_proj.weight
-        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-        w /= math.sqrt(model.config.n_layer)
-
-
 def hybrid_mixer(config, layer_idx: int, make_ssm_mixer) -> nn.Module:
     """mamba_ssm's create_block: attention (MHA with attn_cfg) at attn_layer_idx, else the SSM."""
     if layer_idx in config.attn_layer_idx:
@@ -42,8 +26,9 @@ MambaCache = RecurrentCache
 
 @torch.no_grad()
 def init_mamba_weights(model: MixerLM) -> None:
-    """mamba_ssm's _init_weights: zero linear biases (except Δ's), N(0, 0.02) embeddings, and each
-    mixer's out_proj rescaled by 1/sqrt(n_layer) so the residual stream's variance stays bounded."""
+    """mamba_ssm's _init_weights (Mamba-1, Mamba-2 and their hybrids alike): zero linear biases
+    (except Δ's), N(0, 0.02) embeddings, and each mixer's out_proj rescaled by 1/sqrt(n_layer) so
+    the residual stream's variance stays bounded."""
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.bias is not None \
                 and not getattr(module.bias, "_no_reinit", False):

@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-decay", type=non_negative_float, default=0.1)
     p.add_argument("--grad-clip", type=finite_float, default=1.0)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute each layer in the backward pass (less activation memory, more time)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--eval-every", type=int, default=100, help="0: only at the end")
     p.add_argument("--eval-batches", type=positive_int, default=8)
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       seq_len=args.seq_len, lr=args.lr, warmup_steps=args.warmup,
                       weight_decay=args.weight_decay, grad_clip=args.grad_clip, dtype=args.dtype,
+                      grad_checkpoint=args.grad_checkpoint,
                       device=args.device, eval_every=args.eval_every, eval_batches=args.eval_batches,
                       ckpt_every=args.ckpt_every, time_budget_s=args.time_budget, fsdp=args.fsdp,
                       seed=args.seed, progress=not args.no_progress)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from mambakit.config import ConfigBase
@@ -31,6 +32,9 @@ class LanguageModel(nn.Module):
     tied_weights: ClassVar[dict[str, str]] = {}
     # True when forward accepts `reset` (b, l): state zeroed where packed documents start
     supports_reset: ClassVar[bool] = False
+    # Activation checkpointing per layer (training memory): keep only each layer's input and
+    # recompute the layer in the backward pass. Set by `mambakit train --grad-checkpoint`.
+    gradient_checkpointing: bool = False
 
     def __init__(self, config: ConfigBase):
         super().__init__()
@@ -60,6 +64,12 @@ class LanguageModel(nn.Module):
         for alias, source in self.tied_weights.items():
             owner, _, leaf = alias.rpartition(".")
             setattr(self.get_submodule(owner), leaf, self.get_parameter(source))
+
+    def run_layer(self, layer: nn.Module, h: Tensor, *args, **kwargs) -> Tensor:
+        """layer(h, *args, **kwargs), recomputed in the backward pass when gradient_checkpointing."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, h, *args, use_reentrant=False, **kwargs)
+        return layer(h, *args, **kwargs)
 
     @staticmethod
     def keep_last(h: Tensor, logits_to_keep: int) -> Tensor:

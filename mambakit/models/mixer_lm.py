@@ -107,7 +107,8 @@ class MixerLM(LanguageModel):
         attention_mask = self.check_attention_mask(attention_mask, input_ids)
         h = self.backbone.embedding(input_ids)                          # (b, l, d_model)
         for i, layer in enumerate(self.backbone.layers):
-            h = layer(h, None if cache is None else cache.layers[i], attention_mask, **mixer_kwargs)
+            h = self.run_layer(layer, h, None if cache is None else cache.layers[i], attention_mask,
+                               **mixer_kwargs)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
         h = self.keep_last(h, logits_to_keep).to(self.backbone.embedding.weight.dtype)

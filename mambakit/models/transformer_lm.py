@@ -183,6 +183,6 @@ class TransformerLM(LanguageModel):
         else:
             rotary = rotary_angles(positions, self.config.head_dim, self.config.rope_theta)
         for i, layer in enumerate(self.backbone.layers):
-            h = layer(h, rotary, allowed, None if cache is None else cache.layers[i], offset)
+            h = self.run_layer(layer, h, rotary, allowed, None if cache is None else cache.layers[i], offset)
         h = self.keep_last(h, logits_to_keep).to(self.backbone.embedding.weight.dtype)
         return self.lm_head(self.backbone.norm_f(h))                        # (b, l, vocab)

@@ -61,6 +61,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     dtype: str = "fp32"           # "bf16": autocast matmuls to bfloat16 (CPU or GPU)
+    grad_checkpoint: bool = False  # recompute each layer in the backward: less memory, ~1.3x time
     device: str = "auto"
     fsdp: bool = False
     time_budget_s: Optional[float] = None
@@ -167,6 +168,7 @@ class _Run:
         check_memory(f"a training step of {micro} x {cfg.seq_len} tokens per process",
                      activation_bytes(core.config, micro * cfg.seq_len),
                      "use a smaller --batch-size or --seq-len, or more --grad-accum")
+        core.gradient_checkpointing = cfg.grad_checkpoint
         self.core, self.cfg, self.ctx, self.out = core, cfg, ctx, out
         self.tokenizer, self.settings = tokenizer, settings
         self.model = wrap_model(core, ctx)

@@ -247,3 +247,21 @@ def test_corrupt_rng_state_is_refused_on_resume(one_step_run, tmp_path):
     save_file(tensors, path)
     with pytest.raises(io_files.CheckpointError, match=r"corrupt checkpoint \(RNG state"):
         train(model(), data, data, config(steps=1), out_dir=tmp_path, resume=True)
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+    from mambakit.models import build
+
+    ids = torch.randint(0, 50, (2, 11))
+    for name in ("mamba", "transformer"):
+        model = build(name, "tiny", d_model=32, vocab_size=50)
+        grads = []
+        for checkpointing in (False, True):
+            model.gradient_checkpointing = checkpointing
+            model.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+            loss.backward()
+            grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        torch.testing.assert_close(grads[0][0], grads[1][0])
+        for a, b in zip(grads[0][1], grads[1][1]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

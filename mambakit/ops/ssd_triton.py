@@ -19,12 +19,23 @@ import torch
 from torch import Tensor
 
 from mambakit.ops.registry import Backend
-from mambakit.ops.scan_triton import acc_dtype, available, pow2
+from mambakit.ops.scan_triton import acc_dtype, available, interpreting, pow2
 from mambakit.ops.ssd import NO_LIMIT, check_ssd_inputs, register_ssd_backend
 from mambakit.ops.ssd_chunked import ssd_scan_chunked
 
 CHUNK = 64      # Q: positions per chunk (a power of two ≥ 16 for tl.dot; `chunk_size` is for "chunked")
 MAX_BLOCK_P = 64
+
+
+def dot_dtype(dtype: torch.dtype):
+    """The operand dtype of the kernel's matmuls: on a GPU bf16/fp16 inputs multiply in their own
+    dtype on tensor cores (fp32 accumulation, as mamba_ssm), fp32 as 3xTF32, fp64 exact. Triton's
+    interpreter multiplies bf16 operands wrongly (triton 3.9), so there every dot runs in fp32."""
+    import triton.language as tl
+
+    if interpreting():
+        return acc_dtype(dtype)
+    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}.get(dtype, acc_dtype(dtype))
 
 
 def ssd_scan_triton(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = 256,
@@ -64,7 +75,7 @@ def ssd_scan_triton(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chun
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_LIMIT=not no_limit,
         HAS_H0=h0 is not None, HAS_RESET=flags is not None,
-        Q=CHUNK, BLOCK_P=block_p, BLOCK_N=max(16, pow2(n)), ACC=acc_dtype(x.dtype))
+        Q=CHUNK, BLOCK_P=block_p, BLOCK_N=max(16, pow2(n)), ACC=acc_dtype(x.dtype), DOT=dot_dtype(x.dtype))
     return (y, final) if return_final_states else y
 
 

@@ -11,7 +11,21 @@ Positions past l load Δ = 0 (Ā = 1, no input), so a partial last chunk needs n
 import triton
 import triton.language as tl
 
-from mambakit.ops.triton_kernels.common import row_sum, softplus
+from mambakit.ops.triton_kernels.common import inline_when_interpreted, row_sum, softplus
+
+
+@inline_when_interpreted
+@triton.jit
+def _dot(a, b, DOT: tl.constexpr):
+    """a @ b accumulated in fp32: operands in DOT — bf16/fp16 for bf16/fp16 inputs (tensor cores, as
+    mamba_ssm's kernels); fp32 as three TF32 products (tensor cores, ~fp32 accuracy: plain "ieee"
+    fp32 lowers to FMA loops that take minutes to compile at these tile sizes); fp64 exact."""
+    if DOT == tl.bfloat16 or DOT == tl.float16:
+        return tl.dot(a.to(DOT), b.to(DOT))
+    elif DOT == tl.float32:
+        return tl.dot(a, b, input_precision="tf32x3")
+    else:
+        return tl.dot(a, b, input_precision="ieee")
 
 
 @triton.jit
@@ -20,7 +34,7 @@ def ssd_fwd_kernel(
     l, h, p, g, n, dt_min, dt_max,
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_H0: tl.constexpr, HAS_RESET: tl.constexpr,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
+    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
 ):
     """x, z, y (b, l, h, p); dt (b, l, h); A, bias (h,); D (h,) or (h, p); B, C (b, l, g, n);
     h0, final (b, h, p, n); reset (b, l) uint8; all contiguous."""
@@ -77,10 +91,10 @@ def ssd_fwd_kernel(
             chunk_decay = tl.where(seg_last == 0, chunk_decay, 0.0)
         L = tl.exp(tl.where(reach, cum[:, None] - cum[None, :], float("-inf")))   # (Q, Q)
         Xdt = X * delta[:, None]
-        CB = tl.dot(Ct, tl.trans(Bt), input_precision="ieee")          # (Q, Q)
-        Y = tl.dot(L * CB, Xdt, input_precision="ieee")                # (Q, BLOCK_P)
-        Y += tl.dot(Ct, tl.trans(S), input_precision="ieee") * decay_in[:, None]
-        S = chunk_decay * S + tl.dot(tl.trans(Xdt * to_end[:, None]), Bt, input_precision="ieee")
+        CB = _dot(Ct, tl.trans(Bt), DOT)                              # (Q, Q)
+        Y = _dot(L * CB, Xdt, DOT)                                    # (Q, BLOCK_P)
+        Y += _dot(Ct, tl.trans(S), DOT) * decay_in[:, None]
+        S = chunk_decay * S + _dot(tl.trans(Xdt * to_end[:, None]), Bt, DOT)
         if HAS_D:
             if D_PER_P:
                 Y += Dv[None, :] * X

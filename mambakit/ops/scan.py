@@ -13,6 +13,9 @@ Glossary (Mamba paper, Gu & Dao 2023, Algorithm 2; mamba_ssm's selective_scan_fn
     D       skip connection                   (d,)
     z       gate input: y = y * SiLU(z)       (b, d, l)
     h       hidden state                      (b, d, n)
+    deltaA  Ā_t = exp(Δ_t A)                  (b, d, n)   (mamba-minimal's names; in the C++
+    deltaB_u B̄_t u_t = Δ_t B_t u_t           (b, d, n)    kernel dA, dB, ... are ∂L/∂A, ∂L/∂B)
+    ct      compute dtype (fp32, or fp64 for fp64 inputs); `dt` is always Δ, never a dtype
 
 Recurrence (zero-order hold on A, Euler on B as in mamba_ssm):
     Ā_t = exp(Δ_t A),   B̄_t u_t = Δ_t B_t u_t
@@ -44,32 +47,32 @@ def selective_scan_ref(
     that step (h_{t-1} := 0), so documents packed in one row never see each other.
     """
     dtype_in = u.dtype
-    dt = torch.promote_types(u.dtype, torch.float32)                  # compute dtype
-    u, delta = u.to(dt), delta.to(dt)
+    ct = torch.promote_types(u.dtype, torch.float32)                  # compute dtype
+    u, delta = u.to(ct), delta.to(ct)
     if delta_bias is not None:
-        delta = delta + delta_bias.to(dt)[:, None]
+        delta = delta + delta_bias.to(ct)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     b, d, l = u.shape
-    B = _expand_groups(B.to(dt), d)                                   # (b, d, n, l)
-    C = _expand_groups(C.to(dt), d)                                   # (b, d, n, l)
-    A = A.to(dt)
-    h = (torch.zeros(b, d, A.shape[1], device=u.device, dtype=dt) if initial_state is None
-         else initial_state.to(dt))                                   # (b, d, n)
+    B = _expand_groups(B.to(ct), d)                                   # (b, d, n, l)
+    C = _expand_groups(C.to(ct), d)                                   # (b, d, n, l)
+    A = A.to(ct)
+    h = (torch.zeros(b, d, A.shape[1], device=u.device, dtype=ct) if initial_state is None
+         else initial_state.to(ct))                                   # (b, d, n)
     ys = []
-    keep = None if reset is None else (~reset.bool()).to(dt)          # (b, l)
+    keep = None if reset is None else (~reset.bool()).to(ct)          # (b, l)
     for t in range(l):
         if keep is not None:
             h = h * keep[:, t, None, None]
-        dA = torch.exp(delta[:, :, t, None] * A)                      # Ā_t: (b, d, n)
-        dBu = delta[:, :, t, None] * B[..., t] * u[:, :, t, None]     # B̄_t u_t: (b, d, n)
-        h = dA * h + dBu
+        deltaA = torch.exp(delta[:, :, t, None] * A)                  # Ā_t: (b, d, n)
+        deltaB_u = delta[:, :, t, None] * B[..., t] * u[:, :, t, None]  # B̄_t u_t: (b, d, n)
+        h = deltaA * h + deltaB_u
         ys.append((h * C[..., t]).sum(-1))                            # (b, d)
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(b, d, 0)       # (b, d, l)
     if D is not None:
-        y = y + D.to(dt)[:, None] * u
+        y = y + D.to(ct)[:, None] * u
     if z is not None:
-        y = y * F.silu(z.to(dt))
+        y = y * F.silu(z.to(ct))
     y = y.to(dtype_in)
     return (y, h) if return_last_state else y
 

@@ -144,11 +144,11 @@ void forward(const ScanArgs& a) {
 
 template <typename T, int N>
 void backward(const ScanArgs& a) {
-  const int64_t n = N > 0 ? N : a.n, l = a.l, T_ = a.chunk, nchunks = (l + T_ - 1) / T_;
+  const int64_t n = N > 0 ? N : a.n, l = a.l, span = a.chunk, nchunks = (l + span - 1) / span;
   const int64_t slab = a.b * a.g * l * n;  // one thread's dB / dC partial
 #pragma omp parallel num_threads(a.threads)
   {
-    std::vector<T> dt(l), hs((T_ + 1) * n), as(T_ * n), dys(T_);
+    std::vector<T> dt(l), hs((span + 1) * n), as(span * n), dys(span);
     StateVec<T, N> dhv(n), dAv(n);
     T *dh = dhv.data(), *dA = dAv.data();
     T* dBp = static_cast<T*>(a.dB) + omp_get_thread_num() * slab;
@@ -166,11 +166,11 @@ void backward(const ScanArgs& a) {
       std::fill(dA, dA + n, T(0));
       T dD = 0;
       delta_row(ch.delta, ch.bias, a.softplus != 0, l, dt.data());
-      for (int64_t s = (nchunks - 1) * T_; s >= 0; s -= T_) {
-        const int64_t e = std::min(l, s + T_);
+      for (int64_t s = (nchunks - 1) * span; s >= 0; s -= span) {
+        const int64_t e = std::min(l, s + span);
         // Recompute this chunk's states h_s..h_{e-1} and Ā from its checkpoint (C·h is not
         // needed: the forward kept v = C·h + D u for the gate's gradient).
-        std::memcpy(hs.data(), static_cast<const T*>(a.ckpt) + (bc * nchunks + s / T_) * n, n * sizeof(T));
+        std::memcpy(hs.data(), static_cast<const T*>(a.ckpt) + (bc * nchunks + s / span) * n, n * sizeof(T));
         steps<T, N, true, false>(a, ch, i, dt.data(), s, e, hs.data(), nullptr, as.data());
         // Through the gate: out = v · z σ(z), v = C·h + D u;  d(z σ(z))/dz = σ(z)(1 + z(1 - σ(z))).
 #pragma omp simd reduction(+ : dD)

@@ -159,11 +159,12 @@ def case_decode(impl: str, size: dict, context: int, n_tokens: int, precision: s
     return {"ms_per_token": ms, "tokens_per_s": batch / ms * 1e3}
 
 
-def case_train(impl: str, size: dict, length: int, repeats: int) -> dict:
+def case_train(impl: str, size: dict, length: int, repeats: int, grad_checkpoint: bool = False) -> dict:
     import torch
     import torch.nn.functional as F
 
     model = BUILD[impl](size).train()
+    model.gradient_checkpointing = grad_checkpoint  # mambakit's `train --grad-checkpoint`
     if impl.startswith("mambakit"):  # what `mambakit train` uses: fused AdamW, no decay on norms/A_log/D
         from mambakit.train.schedule import build_optimizer
 
@@ -312,6 +313,10 @@ def main() -> None:
         if impl != "transformers" or args.quick:  # HF's step at L=512 takes minutes (SPEC: 462 s)
             print(f"[{impl}] train step L={train_len} ...", flush=True)
             results["train"][impl] = run_case("train", impl=impl, size=size, length=train_len, repeats=3)
+            if impl == "mambakit":
+                print(f"[{impl}] train step L={train_len} --grad-checkpoint ...", flush=True)
+                results["train"][f"{impl} grad-checkpoint"] = run_case(
+                    "train", impl=impl, size=size, length=train_len, repeats=3, grad_checkpoint=True)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / ("lm_quick.json" if args.quick else "lm.json")
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -164,7 +164,8 @@ def case_train(impl: str, size: dict, length: int, repeats: int, grad_checkpoint
     import torch.nn.functional as F
 
     model = BUILD[impl](size).train()
-    model.gradient_checkpointing = grad_checkpoint  # mambakit's `train --grad-checkpoint`
+    if grad_checkpoint:
+        model.gradient_checkpointing = True  # mambakit's `train --grad-checkpoint`
     if impl.startswith("mambakit"):  # what `mambakit train` uses: fused AdamW, no decay on norms/A_log/D
         from mambakit.train.schedule import build_optimizer
 

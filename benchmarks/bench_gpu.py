@@ -34,7 +34,7 @@ from mambakit import MambaConfig, MambaLM
 from mambakit.io.atomic import atomic_write, atomic_write_text
 from mambakit.ops import available_backends, available_ssd_backends, selective_scan, ssd_scan
 from mambakit.ops.state_update import REGISTRY as state_update_registry
-from mambakit.perf import decode_latency_ms, median_seconds, synchronize
+from mambakit.perf import decode_latency_ms, median_seconds
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -35,6 +35,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def _ours(size: dict):
     import torch
+
     from mambakit import MambaConfig, MambaLM
 
     torch.manual_seed(0)
@@ -43,7 +44,8 @@ def _ours(size: dict):
 
 def _hf(size: dict):
     import torch
-    from transformers import MambaConfig as HFConfig, MambaForCausalLM
+    from transformers import MambaConfig as HFConfig
+    from transformers import MambaForCausalLM
 
     torch.manual_seed(0)
     cfg = HFConfig(vocab_size=size["vocab_size"], hidden_size=size["d_model"],
@@ -55,7 +57,8 @@ def _mambapy(size: dict):
     """mambapy's Mamba stack (pscan) with an embedding, final RMSNorm and tied head, as in its
     `lm.LM` — which itself can't be imported without mamba_ssm (its Mamba-2 module needs it)."""
     import torch
-    from mambapy.mamba import Mamba, MambaConfig as PyConfig, RMSNorm
+    from mambapy.mamba import Mamba, RMSNorm
+    from mambapy.mamba import MambaConfig as PyConfig
     from torch import nn
 
     class PyLM(nn.Module):
@@ -76,6 +79,7 @@ def _mambapy(size: dict):
 
 def _ours_mamba2(size: dict):
     import torch
+
     from mambakit import Mamba2Config, Mamba2LM
 
     torch.manual_seed(0)
@@ -85,7 +89,8 @@ def _ours_mamba2(size: dict):
 def _hf_mamba2(size: dict):
     """transformers' Mamba2ForCausalLM; without mamba_ssm installed it runs its PyTorch path."""
     import torch
-    from transformers import Mamba2Config as HFConfig, Mamba2ForCausalLM
+    from transformers import Mamba2Config as HFConfig
+    from transformers import Mamba2ForCausalLM
 
     torch.manual_seed(0)
     d_inner = 2 * size["d_model"]

@@ -19,7 +19,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
-                   device: torch.device = torch.device("cpu")) -> float:
+                   device: torch.device | str = "cpu") -> float:
+    device = torch.device(device)
     for _ in range(warmup):
         fn()
     times = []

@@ -1,6 +1,8 @@
 import os
 
 import mambakit  # noqa: F401  (before torch: on a busy machine OpenMP then waits passively, mambakit/threads.py)
+
+# isort: split
 import pytest
 import torch
 

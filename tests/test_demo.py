@@ -3,9 +3,9 @@ import json
 
 import pytest
 
+from mambakit import demo as cmp
 from mambakit.models import config_for
 from mambakit.perf import decode_latency_ms
-from mambakit import demo as cmp
 from tests.conftest import tiny_mamba
 
 
@@ -44,7 +44,6 @@ def test_unknown_model_is_rejected():
 
 
 def test_equal_size_configs_are_close_in_size():
-    pytest.importorskip("mambakit.models.budget")
     from mambakit.models import from_config
 
     configs = cmp.equal_size_configs(("mamba", "transformer", "gru"), 300_000, 257)

@@ -5,8 +5,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mambakit.data.tokenizer import ByteTokenizer
-from mambakit.generation import (Sampler, SamplingParams, TextDecoder, decode_n_tokens,
-                                 generate, prefill)
+from mambakit.generation import Sampler, SamplingParams, TextDecoder, decode_n_tokens, generate, prefill
 from tests.conftest import tiny_mamba
 
 

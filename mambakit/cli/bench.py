@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{r['elements_per_s']:.3g} elements/s")
         return 0
 
-    from mambakit.models import load_model
-    from mambakit.models import build
+    from mambakit.models import build, load_model
 
     model = load_model(args.checkpoint) if args.checkpoint else build(args.model, args.preset)
     model = apply_precision(model, args)

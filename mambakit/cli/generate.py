@@ -4,8 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mambakit.cli.common import (add_precision_args, emit_json, finite_float, load_model_and_tokenizer,
-                                 non_negative_float, positive_int, seed_int)
+from mambakit.cli.common import (
+    add_precision_args,
+    emit_json,
+    finite_float,
+    load_model_and_tokenizer,
+    non_negative_float,
+    positive_int,
+    seed_int,
+)
 
 
 def add_parser(sub) -> None:

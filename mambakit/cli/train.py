@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from mambakit.cli.common import (emit_json, finite_float, non_negative_float, positive_int, resolve_tokenizer,
-                                 seed_int)
+from mambakit.cli.common import emit_json, finite_float, non_negative_float, positive_int, resolve_tokenizer, seed_int
 
 
 def add_data_args(p, max_bytes: int = 4_000_000) -> None:
@@ -78,7 +77,6 @@ def build_model(args, vocab_size: int):
 
 def run(args: argparse.Namespace) -> int:
     from mambakit.train import TrainConfig
-
     from mambakit.train.run_dir import open_run
 
     out = Path(args.out)

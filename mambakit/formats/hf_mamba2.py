@@ -19,9 +19,9 @@ import math
 from pathlib import Path
 
 from mambakit.config import Mamba2Config
-from mambakit.io.files import CheckpointError
 from mambakit.formats import hf_mamba
 from mambakit.formats.hf_mamba import TRUE_VOCAB_KEY, vocab_fields, write_transformers_dir
+from mambakit.io.files import CheckpointError
 
 # Weight names differ from ours exactly as for Mamba-1 (backbone.embeddings).
 state_to_ours = hf_mamba.state_to_ours

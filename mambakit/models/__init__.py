@@ -1,9 +1,17 @@
 """Language models with one shared surface (`base`), and the registry that builds them by name."""
 from mambakit.config import (
-    GRUConfig, LSTMConfig, Mamba2Config, MambaConfig, MambaS4DConfig, RNNConfig, S4Config, S4DConfig, S6Config,
+    GRUConfig,
+    LSTMConfig,
+    Mamba2Config,
+    MambaConfig,
+    MambaS4DConfig,
+    RNNConfig,
+    S4Config,
+    S4DConfig,
+    S6Config,
     TransformerConfig,
 )
-from mambakit.models.ablations import MambaS4DLM, S6LM
+from mambakit.models.ablations import S6LM, MambaS4DLM
 from mambakit.models.auto import convert, load_model
 from mambakit.models.base import LanguageModel
 from mambakit.models.budget import configs_for_budget

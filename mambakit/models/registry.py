@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from mambakit.config import ConfigBase
-from mambakit.models.ablations import MambaS4DLM, S6LM
+from mambakit.models.ablations import S6LM, MambaS4DLM
 from mambakit.models.base import LanguageModel
 from mambakit.models.mamba2_lm import Mamba2LM
 from mambakit.models.mamba_lm import MambaLM

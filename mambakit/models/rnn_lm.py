@@ -8,7 +8,7 @@ has its own config class so config.json's `model_type` says which cell to rebuil
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from mambakit.config.rnn import GRUConfig, LSTMConfig, RNNConfig
 from mambakit.models.base import LanguageModel
 from mambakit.modules.norm import make_norm
 from mambakit.modules.rnn import RecurrentStack, RNNState
+
 
 @dataclass
 class RNNCache:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mambakit.config.transformer import TransformerConfig
 from mambakit.models.base import LanguageModel, check_memory
-from mambakit.modules.attention import (CausalSelfAttention, KVState, attention_mask, first_slots,
-                                        rotary_angles)
+from mambakit.modules.attention import CausalSelfAttention, KVState, attention_mask, first_slots, rotary_angles
 from mambakit.modules.block import Block
 from mambakit.modules.mlp import MLP
 from mambakit.modules.norm import make_norm

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.config import ATTN_CFG_FIXED
-from mambakit.modules.attention import apply_rotary, attention_mask as allowed_keys, first_slots, rotary_angles
-
+from mambakit.modules.attention import apply_rotary, first_slots, rotary_angles
+from mambakit.modules.attention import attention_mask as allowed_keys
 
 
 @dataclass

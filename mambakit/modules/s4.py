@@ -28,15 +28,21 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.modules.ssm_output import apply_output, make_out_proj
 from mambakit.ops.discretize import bilinear, zoh_diag
 from mambakit.ops.hippo import dplr_legs_half
 from mambakit.ops.ssm_kernel import (
-    c_tilde, causal_conv_fft, dplr_dense, dplr_kernel, lti_final_state, lti_free_response, ssm_recurrent,
-    ssm_step, vandermonde_kernel,
+    c_tilde,
+    causal_conv_fft,
+    dplr_dense,
+    dplr_kernel,
+    lti_final_state,
+    lti_free_response,
+    ssm_recurrent,
+    ssm_step,
+    vandermonde_kernel,
 )
 
 MODES = ("conv", "recurrent")

@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mambakit.ops.ssd import (
-    NO_LIMIT, Backend, compute_dtype, discretize_dt, expand_groups, register_ssd_backend, skip_and_gate,
+    NO_LIMIT,
+    Backend,
+    compute_dtype,
+    discretize_dt,
+    expand_groups,
+    register_ssd_backend,
+    skip_and_gate,
 )
 
 

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from mambakit.ops.conv import STEP_REGISTRY, causal_conv1d_step_ref
 from mambakit.ops.cpu_kernels import available, library, ptr
-from mambakit.ops.linear import REGISTRY as LINEAR_REGISTRY, linear_ref
+from mambakit.ops.linear import REGISTRY as LINEAR_REGISTRY
+from mambakit.ops.linear import linear_ref
 from mambakit.ops.registry import Backend
 from mambakit.ops.state_update import REGISTRY, selective_state_update_ref
 

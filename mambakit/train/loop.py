@@ -29,11 +29,24 @@ from mambakit.io.files import CheckpointError
 from mambakit.io.weights import export_state, save_weights_dir
 from mambakit.models.base import check_memory
 from mambakit.train import checkpoint as ckpt
-from mambakit.train.distributed import (DistContext, all_reduce_mean, any_rank, init_distributed,
-                                        no_sync, shutdown, wrap_model)
+from mambakit.train.distributed import (
+    DistContext,
+    all_reduce_mean,
+    any_rank,
+    init_distributed,
+    no_sync,
+    shutdown,
+    wrap_model,
+)
 from mambakit.train.evaluate import DTYPES, autocast, evaluate, token_nll
-from mambakit.train.guards import (StopOnSignal, TimeBudget, finite_step, nonfinite_parameters,
-                                   nonfinite_step, weights_went_nonfinite)
+from mambakit.train.guards import (
+    StopOnSignal,
+    TimeBudget,
+    finite_step,
+    nonfinite_parameters,
+    nonfinite_step,
+    weights_went_nonfinite,
+)
 from mambakit.train.metrics import METRICS_NAME, MetricsLog, read_metrics
 from mambakit.train.run_dir import open_run
 from mambakit.train.schedule import build_optimizer, lr_at

@@ -3,6 +3,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 from tests.cli.test_cli import mambakit
 
@@ -49,8 +50,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     try:
-        for line in iter(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 2, True):
-            pass
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+            assert proc.poll() is None, f"training exited early: {proc.communicate()[1]}"
+            assert time.monotonic() < deadline, "no two metrics lines within 120 s"
+            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:

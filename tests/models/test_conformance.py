@@ -6,8 +6,7 @@ import torch
 
 from mambakit.generation import pad_prompts
 from mambakit.io.files import read_config
-from mambakit.models import load_model
-from mambakit.models import REGISTRY, build, from_config
+from mambakit.models import REGISTRY, build, from_config, load_model
 from mambakit.models.budget import configs_for_budget, count_parameters
 
 VOCAB = 50

@@ -28,7 +28,7 @@ def trained():
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    for step in range(100):
+    for _ in range(100):
         starts = torch.randint(0, len(data) - 65, (8,))
         batch = torch.stack([data[s:s + 65] for s in starts.tolist()])
         loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())

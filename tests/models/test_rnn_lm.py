@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from mambakit import RNNConfig, RNNLM
+from mambakit import RNNLM, RNNConfig
 from mambakit.generation import pad_prompts
-from mambakit.models import GRUConfig, GRULM, LSTMConfig, LSTMLM, build
+from mambakit.models import GRULM, LSTMLM, GRUConfig, LSTMConfig, build
 
 PROMPTS = [[5, 9, 3, 7, 1, 8, 2], [4], [6, 2, 9, 11]]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mambakit.models import REGISTRY, build, from_config
-from mambakit.models.s4_lm import S4Config, S4DConfig, S4DLM, S4LM
+from mambakit.models.s4_lm import S4DLM, S4LM, S4Config, S4DConfig
 
 TINY = dict(d_model=16, n_layer=2, vocab_size=30, d_state=8, dt_min=0.01, dt_max=0.5)
 

@@ -6,7 +6,13 @@ import torch
 
 from mambakit.ops.discretize import zoh
 from mambakit.ops.hippo import (
-    dplr_legs_half, hippo_legs, hippo_legt, legendre, legs_encode, legs_reconstruct, nplr_legs,
+    dplr_legs_half,
+    hippo_legs,
+    hippo_legt,
+    legendre,
+    legs_encode,
+    legs_reconstruct,
+    nplr_legs,
     reconstruction_demo,
 )
 

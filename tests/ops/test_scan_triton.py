@@ -8,14 +8,18 @@ sequences still cross many chunk boundaries of the recomputing backward.
 """
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
 from mambakit.ops import available_backends, scan, scan_triton, selective_scan, selective_scan_ref  # noqa: E402
 from tests.conftest import tiny_mamba  # noqa: E402
 from tests.ops.test_scan_backends import (  # noqa: E402
-    CASES, GRAD_NAMES, assert_mamba_lm_same_logits_and_grads, make_inputs,
+    CASES,
+    GRAD_NAMES,
+    assert_mamba_lm_same_logits_and_grads,
+    make_inputs,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mambakit.ops import available_ssd_backends, ssd_scan, ssd_step
 from mambakit.ops.ssd import REGISTRY
@@ -79,7 +80,7 @@ def test_gradcheck_float64_chunked_and_quadratic():
     x = make_inputs(1, 6, 2, 2, 1, 2, D="hp", h0=True, reset=True, dtype=torch.float64)
     names = [k for k in GRAD_NAMES if x[k] is not None]
     for backend in FORMS:
-        def f(*leaves):
+        def f(*leaves, backend=backend):
             out = ssd_scan(**{**x, **dict(zip(names, leaves))}, chunk_size=4, dt_softplus=True,
                            return_final_states=True, backend=backend)
             return out

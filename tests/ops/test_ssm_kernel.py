@@ -1,13 +1,23 @@
 """Recurrent == convolutional (naive, FFT) views of random LTI SSMs; S4 and S4D kernels == powers of A̅."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mambakit.ops.discretize import bilinear, zoh_diag
 from mambakit.ops.hippo import dplr_legs_half
 from mambakit.ops.ssm_kernel import (
-    c_tilde, causal_conv_fft, causal_conv_ref, dplr_dense, dplr_kernel, krylov, lti_final_state,
-    lti_free_response, ssm_kernel_naive, ssm_recurrent, vandermonde_kernel,
+    c_tilde,
+    causal_conv_fft,
+    causal_conv_ref,
+    dplr_dense,
+    dplr_kernel,
+    krylov,
+    lti_final_state,
+    lti_free_response,
+    ssm_kernel_naive,
+    ssm_recurrent,
+    vandermonde_kernel,
 )
 
 f64, c128 = torch.float64, torch.complex128

@@ -4,8 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from mambakit.tasks import (IGNORE_INDEX, SynthConfig, evaluate_synth, induction_heads, run_synth,
-                            selective_copying)
+from mambakit.tasks import IGNORE_INDEX, SynthConfig, evaluate_synth, induction_heads, run_synth, selective_copying
 from mambakit.tasks.common import seeded
 from mambakit.tasks.runner import build_synth_model
 

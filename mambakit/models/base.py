@@ -8,6 +8,7 @@ leaves a cache as it was), because convolutions, FFTs and RNN kernels refuse zer
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import json
@@ -26,7 +27,7 @@ from mambakit.io.weights import load_state_into
 from mambakit.models.quantize import quantize
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(nn.Module, abc.ABC):
     config_class: ClassVar[type[ConfigBase]]
     # alias parameter name -> source parameter name, shared when config.tie_embeddings
     tied_weights: ClassVar[dict[str, str]] = {}
@@ -49,13 +50,19 @@ class LanguageModel(nn.Module):
         if "forward" in cls.__dict__:
             cls.forward = _empty_input_gives_empty_logits(cls.__dict__["forward"])
 
-    # -- to implement ---------------------------------------------------------------------------
-    def allocate_cache(self, batch_size: int, max_seqlen: Optional[int] = None) -> Any:
-        raise NotImplementedError
+    # -- to implement (abstract: a family missing one fails when built, not at first call) -------
+    @abc.abstractmethod
+    def forward(self, input_ids: Tensor, cache: Any = None, attention_mask: Optional[Tensor] = None) -> Tensor:
+        """input_ids (b, l) -> logits (b, l, padded_vocab); with `cache`, continue from it and leave
+        the final state there."""
 
+    @abc.abstractmethod
+    def allocate_cache(self, batch_size: int, max_seqlen: Optional[int] = None) -> Any:
+        """An empty cache (recurrent state or KV cache) for `batch_size` sequences."""
+
+    @abc.abstractmethod
     def step(self, tokens: Tensor, cache: Any) -> Tensor:
         """tokens (b,) -> next-token logits (b, vocab), advancing `cache` by one position."""
-        raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
     def tie_weights(self) -> None:

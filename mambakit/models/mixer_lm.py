@@ -9,6 +9,7 @@ and `step(h, state)`, and its state is a dataclass of tensors of fixed size (O(1
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -88,8 +89,9 @@ class MixerLM(LanguageModel):
         self.backbone = MixerBackbone(config, [self.make_mixer(i) for i in range(config.n_layer)])
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
 
+    @abc.abstractmethod
     def make_mixer(self, layer_idx: int) -> nn.Module:
-        raise NotImplementedError
+        """The sequence mixer of layer `layer_idx` (what tells the families apart)."""
 
     def allocate_cache(self, batch_size: int, max_seqlen: Optional[int] = None) -> RecurrentCache:
         return RecurrentCache([layer.mixer.allocate_state(batch_size) for layer in self.backbone.layers])

@@ -1,8 +1,8 @@
 """S4 and S4D layers: one LTI SSM per channel, trained as a convolution, decoded as a recurrence.
 
-Glossary: b batch, l length, h = d_model channels (one SISO SSM each, no expansion), N = d_state
-(the real state size), n = N/2 stored parameters per channel: a real SSM's eigenvalues come in
-conjugate pairs, so only one member of each pair is a parameter (as in S4's code).
+Glossary: b batch, l length, d = d_model channels (one SISO SSM each, no expansion), h the state,
+N = d_state (the real state size), n = N/2 stored parameters per channel: a real SSM's eigenvalues
+come in conjugate pairs, so only one member of each pair is a parameter (as in S4's code).
 
 * S4 (Gu et al. 2022): A = diag(Λ) − P P* (DPLR, Q = P keeps Re A ≤ 0), Λ and P from HiPPO-LegS,
   bilinear discretization, kernel by the Cauchy/generating-function method (`dplr_kernel`).
@@ -17,12 +17,13 @@ conjugate pairs, so only one member of each pair is a parameter (as in S4's code
 
 `mode` is LSSL's switch: "conv" (FFT convolution, parallel — training and prefill) or
 "recurrent" (h_k = A̅h_{k−1} + B̅x_k one step at a time). Both give the same outputs and states.
-The output follows S4's blocks (GELU, linear to 2h, GLU) or one of the other heads of
+The output follows S4's blocks (GELU, linear to 2d, GLU) or one of the other heads of
 `ssm_output` ("linear": no gate; "none": the bare SSM, e.g. inside a Mamba block). Complex parameters are stored as real (..., 2) views, which
 safetensors and every optimizer handle.
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -50,7 +51,7 @@ MODES = ("conv", "recurrent")
 
 @dataclass
 class S4State:
-    """Recurrent state of one S4/S4D layer: ssm (b, h, N) (S4) or (b, h, n) (S4D) complex. Its size
+    """Recurrent state of one S4/S4D layer: ssm (b, d, N) (S4) or (b, d, n) (S4D) complex. Its size
     is fixed in l."""
 
     ssm: Tensor
@@ -68,11 +69,11 @@ def conj_complete(x: Tensor) -> Tensor:
     return torch.cat([x, x.conj()], dim=-1)
 
 
-class LTIMixer(nn.Module):
+class LTIMixer(nn.Module, abc.ABC):
     """What S4 and S4D share: Δ, D, the two modes, state handling and the output head.
 
-    Subclasses give `discrete()` -> (A̅ (h, s, s) or (h, s), B̅ (h, s), C' (h, s)) with the
-    output y = Re(C' h) + D x for a state of size s = `state_size`, and `kernel(l)` -> real K (h, l)
+    Subclasses give `discrete()` -> (A̅ (d, s, s) or (d, s), B̅ (d, s), C' (d, s)) with the
+    output y = Re(C' h) + D x for a state of size s = `state_size`, and `kernel(l)` -> real K (d, l)
     of the same SSM.
     """
 
@@ -103,13 +104,15 @@ class LTIMixer(nn.Module):
 
     @property
     def dt(self) -> Tensor:
-        return torch.exp(self.log_dt.float())                           # (h,)
+        return torch.exp(self.log_dt.float())                           # (d,)
 
+    @abc.abstractmethod
     def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
-        raise NotImplementedError
+        """(A̅, B̅, C') of the discretized SSM (shapes in the class docstring)."""
 
+    @abc.abstractmethod
     def kernel(self, length: int) -> Tensor:
-        raise NotImplementedError
+        """The convolution kernel K (d, length) of the same SSM."""
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> S4State:
         device = device or self.D.device
@@ -117,13 +120,13 @@ class LTIMixer(nn.Module):
                                    dtype=torch.complex64))
 
     def mix(self, x: Tensor, h0: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        """The SSM alone: x (b, h, l) -> (y (b, h, l) real, final state or None when h0 is None in
+        """The SSM alone: x (b, d, l) -> (y (b, d, l) real, final state or None when h0 is None in
         conv mode, where computing it would cost extra)."""
         if self.mode == "recurrent":
             Ab, Bb, C = self.discrete()
             y, last = ssm_recurrent(Ab, Bb, C, self.D, x, h0)
             return y.real, last
-        y = causal_conv_fft(x, self.kernel(x.shape[-1]), self.D)        # (b, h, l)
+        y = causal_conv_fft(x, self.kernel(x.shape[-1]), self.D)        # (b, d, l)
         if h0 is None:
             return y, None
         Ab, Bb, C = self.discrete()
@@ -131,30 +134,30 @@ class LTIMixer(nn.Module):
         return y, lti_final_state(Ab, Bb, x, h0)
 
     def mix_step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """One token of the SSM alone: x (b, h), state (b, h, s) -> (y (b, h) real, new state)."""
+        """One token of the SSM alone: x (b, d), state (b, d, s) -> (y (b, d) real, new state)."""
         Ab, Bb, C = self.discrete()
         y, h = ssm_step(Ab, Bb, C, self.D, h, x.float())
         return y.real, h
 
     def forward(self, hidden: Tensor, state: Optional[S4State] = None,
                 attention_mask: Optional[Tensor] = None) -> Tensor:
-        """hidden (b, l, h) -> (b, l, h). `state`, if given, is the initial state and is replaced by
+        """hidden (b, l, d) -> (b, l, d). `state`, if given, is the initial state and is replaced by
         the final one (prefill). `attention_mask` (b, l), 0 on left padding, zeroes pad inputs: from
         a zero state an LTI SSM fed zeros stays at zero, so the real tokens see an exact fresh start.
         """
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"{type(self).__name__} expects (batch, length, {self.d_model}), "
                              f"got {tuple(hidden.shape)}")
-        x = hidden.float().transpose(1, 2)                              # (b, h, l)
+        x = hidden.float().transpose(1, 2)                              # (b, d, l)
         if attention_mask is not None:
             x = x * attention_mask[:, None, :].to(x.dtype)
         y, last = self.mix(x, None if state is None else state.ssm)
         if state is not None:
             state.ssm = last
-        return apply_output(y.transpose(1, 2).to(hidden.dtype), self.out_proj)   # (b, l, h)
+        return apply_output(y.transpose(1, 2).to(hidden.dtype), self.out_proj)   # (b, l, d)
 
     def step(self, hidden: Tensor, state: S4State) -> Tensor:
-        """One token: hidden (b, h) -> (b, h), updating `state` in place. O(1) in the length."""
+        """One token: hidden (b, d) -> (b, d), updating `state` in place. O(1) in the length."""
         y, state.ssm = self.mix_step(hidden, state.ssm)
         return apply_output(y.to(hidden.dtype), self.out_proj)
 
@@ -182,7 +185,7 @@ class S4Mixer(LTIMixer):
         self.C = _complex_param(torch.randn(d_model, self.n, dtype=torch.complex64))
 
     def _dplr(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Λ, P̃, B̃, C over the whole conjugate-symmetric spectrum: (h, N) complex each."""
+        """Λ, P̃, B̃, C over the whole conjugate-symmetric spectrum: (d, N) complex each."""
         Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
         halves = (Lambda, torch.view_as_complex(self.P), torch.view_as_complex(self.B),
                   torch.view_as_complex(self.C))
@@ -190,7 +193,7 @@ class S4Mixer(LTIMixer):
 
     def _bilinear(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         Lambda, P, B, C = self._dplr()
-        Ab, Bb = bilinear(dplr_dense(Lambda, P, P), B, self.dt)         # (h, N, N), (h, N)
+        Ab, Bb = bilinear(dplr_dense(Lambda, P, P), B, self.dt)         # (d, N, N), (d, N)
         return Lambda, P, B, C, Ab, Bb
 
     def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -200,7 +203,7 @@ class S4Mixer(LTIMixer):
     def kernel(self, length: int) -> Tensor:
         Lambda, P, B, C, Ab, _ = self._bilinear()
         # conjugate-symmetric sums: the imaginary part is rounding only
-        return dplr_kernel(Lambda, P, P, B, c_tilde(Ab, C, length), self.dt, length).real   # (h, l)
+        return dplr_kernel(Lambda, P, P, B, c_tilde(Ab, C, length), self.dt, length).real   # (d, l)
 
 
 def s4d_imag_init(n: int, d_state: int, init: str) -> Tensor:
@@ -225,14 +228,14 @@ class S4DMixer(LTIMixer):
         self.C = _complex_param(torch.randn(d_model, self.n, dtype=torch.complex64))
 
     def _diag(self) -> tuple[Tensor, Tensor, Tensor]:
-        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)     # (h, n)
+        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)     # (d, n)
         return A, torch.view_as_complex(self.B), torch.view_as_complex(self.C)
 
     def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
         A, B, C = self._diag()
-        Ab, Bb = zoh_diag(A, B, self.dt[:, None])                       # (h, n) each
+        Ab, Bb = zoh_diag(A, B, self.dt[:, None])                       # (d, n) each
         return Ab, Bb, 2 * C
 
     def kernel(self, length: int) -> Tensor:
         A, B, C = self._diag()
-        return 2 * vandermonde_kernel(A, B, C, self.dt, length).real    # (h, l)
+        return 2 * vandermonde_kernel(A, B, C, self.dt, length).real    # (d, l)

@@ -1,8 +1,8 @@
 """What follows an SSM used as a layer by itself (S4's blocks), as one choice of `output`:
 
-* "glu":    GELU → Linear(h, 2h) → GLU. S4's default; the GLU is a gate (one half of the features
+* "glu":    GELU → Linear(d, 2d) → GLU. S4's default; the GLU is a gate (one half of the features
             scales the other), so it mixes channels and gates like Mamba's y·SiLU(z).
-* "linear": GELU → Linear(h, h). No gate: the Mamba paper's Table 1 "no gate" rows.
+* "linear": GELU → Linear(d, d). No gate: the Mamba paper's Table 1 "no gate" rows.
 * "none":   y unchanged, no parameters: the SSM is the inner layer of another block.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def make_out_proj(d: int, output: str) -> Optional[nn.Linear]:
 
 
 def apply_output(y: Tensor, out_proj: Optional[nn.Linear]) -> Tensor:
-    """y (..., h) -> (..., h) through the head `make_out_proj` built (its width says which)."""
+    """y (..., d) -> (..., d) through the head `make_out_proj` built (its width says which)."""
     if out_proj is None:
         return y
     out = out_proj(F.gelu(y))

@@ -30,10 +30,8 @@ class S6Config(LMConfig):
         self._require_int("d_state")
         if self.dt_rank != "auto":
             self._require_int("dt_rank")
-        for name in ("dt_min", "dt_max", "dt_init_floor"):
-            self._require_float(name)
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"S6Config.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
+        self._require_dt_range()
+        self._require_float("dt_init_floor")
         self._require_choice("output", OUTPUTS[:2])
 
 
@@ -60,9 +58,6 @@ class MambaS4DConfig(LMConfig):
             self._require_int(name)
         if self.d_state % 2:
             raise ValueError(f"MambaS4DConfig.d_state must be even (conjugate pairs), got {self.d_state}")
-        for name in ("dt_min", "dt_max"):
-            self._require_float(name)
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"MambaS4DConfig.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
+        self._require_dt_range()
         self._require_choice("init", ("lin", "inv"))
         self._require_bool("conv_bias", "bias")

@@ -39,6 +39,13 @@ class ConfigBase:
         # finite too: a nan norm_epsilon in a config.json would make every output nan
         require_finite(f"{type(self).__name__}.{name}", getattr(self, name), low, low_inclusive)
 
+    def _require_dt_range(self) -> None:
+        """dt_min <= dt_max, both > 0: the range Δ is initialised in (every SSM family has one)."""
+        for name in ("dt_min", "dt_max"):
+            self._require_float(name)
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"{type(self).__name__}.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
+
     def _require_bool(self, *names: str) -> None:
         for name in names:
             if not isinstance(getattr(self, name), bool):

@@ -39,10 +39,9 @@ class MambaConfig(MixerStackConfig):
             self._require_int(name)
         if self.dt_rank != "auto":
             self._require_int("dt_rank")
-        for name in ("dt_min", "dt_max", "dt_init_floor", "dt_scale"):
+        self._require_dt_range()
+        for name in ("dt_init_floor", "dt_scale"):
             self._require_float(name)
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"MambaConfig.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
         self._require_bool("conv_bias", "bias")
 
     @property

@@ -48,8 +48,8 @@ class Mamba2Config(MixerStackConfig):
         name = type(self).__name__
         for field in ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
             self._require_int(field)
-        for field in ("dt_min", "dt_max", "dt_init_floor"):
-            self._require_float(field)
+        self._require_dt_range()
+        self._require_float("dt_init_floor")
         self._require_bool("D_has_hdim", "rmsnorm", "norm_before_gate", "bias", "conv_bias")
         for field in ("A_init_range", "dt_limit"):
             value = getattr(self, field)
@@ -61,8 +61,6 @@ class Mamba2Config(MixerStackConfig):
         if self.A_init_range[0] <= 0:
             raise ValueError(f"{name}.A_init_range must be positive (A = -a, a in the range), "
                              f"got {self.A_init_range}")
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"{name}.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
         if self.d_ssm is not None and self.d_ssm != self.d_inner:
             raise ValueError(f"{name}.d_ssm={self.d_ssm} < d_inner={self.d_inner} (a Mamba-2 with a "
                              f"parallel gated MLP) is not supported; leave d_ssm null")

@@ -33,10 +33,7 @@ class LTIConfig(LMConfig):
         self._require_int("d_state")
         if self.d_state % 2:
             raise ValueError(f"{type(self).__name__}.d_state must be even (conjugate pairs), got {self.d_state}")
-        for name in ("dt_min", "dt_max"):
-            self._require_float(name)
-        if self.dt_min > self.dt_max:
-            raise ValueError(f"{type(self).__name__}.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
+        self._require_dt_range()
 
 
 @dataclass

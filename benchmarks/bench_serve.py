@@ -55,14 +55,15 @@ class IdTokenizer:
 
 def server(port: int, size: dict, max_batch: int, threads: int) -> None:
     """The server process: random weights, the engine, the app, uvicorn."""
+    from mambakit import MambaConfig, MambaLM      # before torch: OpenMP then waits passively
+    from mambakit.serve.app import create_app
+    from mambakit.serve.engine import Engine
+    from mambakit.serve.run import serve_forever
+
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    from mambakit import MambaConfig, MambaLM
-    from mambakit.serve.app import create_app
-    from mambakit.serve.engine import Engine
-    from mambakit.serve.run import serve_forever
 
     torch.manual_seed(0)
     model = MambaLM(MambaConfig(**size))
@@ -223,8 +224,7 @@ def main() -> None:
     ap.add_argument("--server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--plot-only", action="store_true", help="redraw serve.png from serve.json")
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads of the server (default: torch's, one per core); on a machine "
-                         "shared with other busy processes 1 avoids OpenMP threads waiting on each other")
+                    help="torch threads of the server (default: torch's, one per core)")
     args = ap.parse_args()
     size = QUICK if args.quick else FULL
     if args.server:

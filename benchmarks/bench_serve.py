@@ -31,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mambakit  # noqa: F401 - before torch loads: OpenMP then waits passively (mambakit/threads.py)
+
 RESULTS = Path(__file__).parent / "results"
 FULL = dict(d_model=768, n_layer=24, vocab_size=50280)
 QUICK = dict(d_model=64, n_layer=2, vocab_size=512)
@@ -55,12 +57,12 @@ class IdTokenizer:
 
 def server(port: int, size: dict, max_batch: int, threads: int) -> None:
     """The server process: random weights, the engine, the app, uvicorn."""
-    from mambakit import MambaConfig, MambaLM      # before torch: OpenMP then waits passively
+    import torch
+
+    from mambakit import MambaConfig, MambaLM
     from mambakit.serve.app import create_app
     from mambakit.serve.engine import Engine
     from mambakit.serve.run import serve_forever
-
-    import torch
 
     if threads:
         torch.set_num_threads(threads)

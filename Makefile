@@ -18,7 +18,6 @@ demo: $(STAMP)
 	$(BIN)/mambakit demo
 
 test: $(STAMP)
-	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # Peers (transformers, mambapy) measured in the same run; run on an otherwise idle machine.

@@ -28,8 +28,7 @@ class S6Config(LMConfig):
     def validate(self) -> None:
         super().validate()
         self._require_int("d_state")
-        if self.dt_rank != "auto":
-            self._require_int("dt_rank")
+        self._require_dt_rank()
         self._require_dt_range()
         self._require_float("dt_init_floor")
         self._require_choice("output", OUTPUTS[:2])

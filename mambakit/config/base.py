@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -45,6 +46,16 @@ class ConfigBase:
             self._require_float(name)
         if self.dt_min > self.dt_max:
             raise ValueError(f"{type(self).__name__}.dt_min ({self.dt_min}) must be <= dt_max ({self.dt_max})")
+
+    def _require_dt_rank(self) -> None:
+        """dt_rank is "auto" (mamba_ssm's ceil(d_model / 16)) or a positive int."""
+        if self.dt_rank != "auto":
+            self._require_int("dt_rank")
+
+    @property
+    def resolved_dt_rank(self) -> int:
+        """The rank of Δ's low-rank projection, "auto" resolved as mamba_ssm does."""
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else self.dt_rank
 
     def _require_bool(self, *names: str) -> None:
         for name in names:

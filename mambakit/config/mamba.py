@@ -1,7 +1,6 @@
 """Mamba (S6) LM config, named as in mamba_ssm's MambaConfig / Mamba mixer."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,8 +36,7 @@ class MambaConfig(MixerStackConfig):
         super().validate()
         for name in ("d_state", "d_conv", "expand"):
             self._require_int(name)
-        if self.dt_rank != "auto":
-            self._require_int("dt_rank")
+        self._require_dt_rank()
         self._require_dt_range()
         for name in ("dt_init_floor", "dt_scale"):
             self._require_float(name)
@@ -47,7 +45,3 @@ class MambaConfig(MixerStackConfig):
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
-
-    @property
-    def resolved_dt_rank(self) -> int:
-        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else self.dt_rank

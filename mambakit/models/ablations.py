@@ -8,8 +8,6 @@ four rows of `mambakit synth table1`. Initialisation follows mamba_ssm (`init_ma
 """
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
 from mambakit.config.ablations import MambaS4DConfig, S6Config
@@ -30,8 +28,7 @@ class S6LM(MixerLM):
 
     def make_mixer(self, layer_idx: int) -> nn.Module:
         c = self.config
-        dt_rank = math.ceil(c.d_model / 16) if c.dt_rank == "auto" else c.dt_rank
-        return S6Mixer(c.d_model, c.d_state, dt_rank, c.dt_min, c.dt_max, c.dt_init_floor, output=c.output)
+        return S6Mixer(c.d_model, c.d_state, c.resolved_dt_rank, c.dt_min, c.dt_max, c.dt_init_floor, output=c.output)
 
 
 class MambaS4DLM(LTIModes, MixerLM):

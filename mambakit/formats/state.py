@@ -7,8 +7,9 @@ length — so a long prompt is prefilled once and every later continuation start
     cache = model.allocate_cache(1); model(prompt_ids, cache=cache); save_state(cache, "p.state")
     out = model.generate(next_ids, cache=load_state("p.state", model))
 
-Works for every `RecurrentCache` (Mamba, S4, S4D). Stored as safetensors (no pickle): one tensor
-per layer and state field (`layers.{i}.conv`, `layers.{i}.ssm`, ...); metadata `seqlen_offset`.
+Works for every `RecurrentCache` (Mamba, Mamba-2, S4, S4D, and hybrids whose attention layers
+keep a KV cache: its slot count grows with the context, so it is read at the size it was saved).
+Stored as safetensors (no pickle): one tensor per layer and state field (`layers.{i}.conv`, `layers.{i}.ssm`, ...); metadata `seqlen_offset`.
 """
 from __future__ import annotations
 
@@ -34,6 +35,31 @@ def _is_recurrent(cache) -> bool:
     fields = {f"layers.{i}.{f.name}" for i, state in enumerate(layers) if dataclasses.is_dataclass(state)
               for f in dataclasses.fields(state)}
     return set(cache.tensors()) == fields
+
+
+def _growing_dims(state) -> dict:
+    """{field: dim} of the fields whose size grows with the context (a hybrid's KV cache slots)."""
+    return getattr(type(state), "growing_dims", {})
+
+
+def _fits(key: str, saved, allocated, template) -> bool:
+    """Same shape as the freshly allocated field, except along a growing dim."""
+    _, i, name = key.split(".")
+    grow = _growing_dims(template.layers[int(i)]).get(name)
+    if saved.dim() != allocated.dim():
+        return False
+    return all(a == b for d, (a, b) in enumerate(zip(saved.shape, allocated.shape)) if d != grow)
+
+
+def _ragged_layers(tensors: dict, template) -> list[int]:
+    """Layers whose growing fields, as saved, do not all have one slot count."""
+    ragged = []
+    for i, state in enumerate(template.layers):
+        sizes = {tensors[f"layers.{i}.{name}"].shape[d] for name, d in _growing_dims(state).items()
+                 if f"layers.{i}.{name}" in tensors and tensors[f"layers.{i}.{name}"].dim() > d}
+        if len(sizes) > 1:
+            ragged.append(i)
+    return ragged
 
 
 def save_state(cache, path: str | os.PathLike) -> None:
@@ -65,7 +91,8 @@ def load_state(path: str | os.PathLike, model):
     expected = template.tensors()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     bad = [f"{k}: {tuple(tensors[k].shape)} vs model {tuple(t.shape)}"
-           for k, t in expected.items() if k in tensors and tensors[k].shape != t.shape]
+           for k, t in expected.items() if k in tensors and not _fits(k, tensors[k], t, template)]
+    bad += [f"layers.{i}: fields disagree on the number of slots" for i in _ragged_layers(tensors, template)]
     if missing or unexpected or bad:
         raise CheckpointError(f"{path} does not fit {type(model).__name__}: missing {missing}, "
                               f"unexpected {unexpected}, shape mismatches {bad}")

@@ -36,6 +36,10 @@ class KVCacheState:
     n_real: Tensor
     used: Tensor
 
+    # The slot dimension of each field that has one: it grows with the context (`reserve`), so a
+    # saved cache may hold more slots than a freshly allocated one (formats/state.py reads this).
+    growing_dims = {"k": 2, "v": 2, "key_mask": 1}
+
     def clone(self) -> "KVCacheState":
         return KVCacheState(self.k.clone(), self.v.clone(), self.key_mask.clone(), self.n_real.clone(),
                             self.used.clone())

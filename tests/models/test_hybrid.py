@@ -92,6 +92,33 @@ def test_padded_batch_generation_equals_one_by_one(family):
         assert batch[row, ids.shape[1]:].tolist() == alone[0, len(prompt):].tolist()
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_state_file_round_trip_resumes_the_sequence(family, tmp_path):
+    """A hybrid cache on disk: the KV cache comes back at the slot count it was saved with (it
+    grows past a fresh cache's), and continuing from the file equals running the whole sequence."""
+    from safetensors.torch import load_file, save_file
+
+    from mambakit.io.files import CheckpointError
+    from mambakit.state import load_state, save_state
+
+    model = hybrid(family)
+    a, b = torch.randint(0, 50, (2, 19)), torch.randint(0, 50, (2, 5))
+    with torch.no_grad():
+        cache = model.allocate_cache(2)
+        model(a, cache=cache)
+        save_state(cache, tmp_path / "h.state")
+        resumed = load_state(tmp_path / "h.state", model)
+        assert resumed.layers[1].k.shape == cache.layers[1].k.shape and resumed.seqlen_offset == 19
+        torch.testing.assert_close(model(b, cache=resumed), model(torch.cat([a, b], 1))[:, 19:],
+                                   atol=1e-4, rtol=1e-4)
+    # a file whose KV fields disagree on the slot count is refused, naming the layer
+    tensors = load_file(tmp_path / "h.state")
+    tensors["layers.1.v"] = tensors["layers.1.v"][:, :, :3].contiguous()
+    save_file(tensors, tmp_path / "bad.state", metadata={"format": "mambakit-state", "seqlen_offset": "19"})
+    with pytest.raises(CheckpointError, match="layers.1: fields disagree on the number of slots"):
+        load_state(tmp_path / "bad.state", model)
+
+
 def test_mamba_ssm_hybrid_checkpoint_round_trip(tmp_path):
     model = hybrid("mamba2")
     model.save_pretrained(tmp_path / "ssm", format="mamba_ssm")

@@ -116,11 +116,21 @@ class Mamba2Mixer(nn.Module):
         """One token: hidden (b, d_model) -> (b, d_model), updating `state`. O(1) in l."""
         b = hidden.shape[0]
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
+        backend = self.step_backend
+        # z, xBC, Δ, x, B and C stay views into the matmul / conv outputs: the fused backends read
+        # them in place.
         z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, h], dim=-1)
-        xBC, state.conv = causal_conv1d_step(xBC, state.conv, self.conv1d.weight[:, 0, :], self.conv1d.bias)
-        x, B, C = F.silu(xBC).split([self.d_inner, g * n, g * n], dim=-1)
+        xBC, state.conv = causal_conv1d_step(xBC, state.conv, self.conv1d.weight[:, 0, :], self.conv1d.bias,
+                                             activation="silu", backend=backend)
+        x, B, C = xBC.split([self.d_inner, g * n, g * n], dim=-1)
         y, state.ssm = ssd_step(state.ssm, x.view(b, h, p), dt, -torch.exp(self.A_log.float()),
                                 B.view(b, g, n), C.view(b, g, n), D=self._D(),
                                 z=z.view(b, h, p) if self.norm is None else None, dt_bias=self.dt_bias,
-                                dt_softplus=True, dt_limit=self.dt_limit)  # (b, h, p)
+                                dt_softplus=True, dt_limit=self.dt_limit, backend=backend)  # (b, h, p)
         return self._output(y.reshape(b, self.d_inner), z)
+
+    @property
+    def step_backend(self) -> str:
+        """The decode step ops' backend: "ref" (the specs) when the SSD is pinned to its reference,
+        else the best one for the device."""
+        return "ref" if self.ssd_backend == "ref" else "auto"

@@ -11,7 +11,8 @@ hash no longer matches (a truncated copy, a disk error) is rebuilt, never loaded
 missing or compilation fails, `available()` says why and the ops' "auto" falls back to "ref".
 
 Leaves on top of this module: scan_cpu.py (selective scan fwd/bwd), step_cpu.py (one-token decode
-step), linear.py (matrix-vector products for decoding). A new kernel is a csrc/ file plus its entry in `_SIGNATURES`.
+step and Mamba-2's SSD step), linear.py (matrix-vector products for decoding).
+A new kernel is a csrc/ file plus its entry in `_SIGNATURES`.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ import torch
 from torch import Tensor
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp", CSRC / "gemv.cpp"]  # linked into one library
+SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp", CSRC / "ssd_step.cpp",
+           CSRC / "gemv.cpp"]  # linked into one library
 HEADERS = [CSRC / "fastmath.h"]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]
 
@@ -57,6 +59,10 @@ _SIGNATURES = {
     # B, B_bstride, B_gstride, C, C_bstride, C_gstride, g, D, z, z_stride, y, b, d, n
     "mk_state_update_f32": [_P, _P, _P, _I, _P, _I, _P, _I32, _P,
                             _P, _I, _I, _P, _I, _I, _I, _P, _P, _I, _P, _I, _I, _I],
+    # state, state_out, x, x_stride, dt, dt_stride, dt_bias, softplus, dt_lo, dt_hi, A,
+    # B, B_stride, C, C_stride, g, D, D_per_channel, z, z_stride, y, y_stride, b, h, p, n
+    "mk_ssd_step_f32": [_P, _P, _P, _I, _P, _I, _P, _I32, ctypes.c_float, ctypes.c_float, _P,
+                        _P, _I, _P, _I, _I, _P, _I32, _P, _I, _P, _I, _I, _I, _I, _I],
     # x, x_stride, w, scale, bias, y, y_stride, m, n, k, threads
     **{f"mk_gemv_{w}": [_P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32] for w in ("f32", "bf16", "i8")},
 }

@@ -114,15 +114,10 @@ def ssd_scan_ref(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_s
     return (y, state) if return_final_states else y
 
 
-def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-             D: Optional[Tensor] = None, z: Optional[Tensor] = None, dt_bias: Optional[Tensor] = None,
-             dt_softplus: bool = False, dt_limit: tuple[float, float] = NO_LIMIT) -> tuple[Tensor, Tensor]:
-    """One decoding step (mamba_ssm's selective_state_update for Mamba-2, Δ tied across p).
-
-    state (b, h, p, n) fp32, x/z (b, h, p), dt (b, h), A (h,), B/C (b, g, n), D (h,) or (h, p),
-    dt_bias (h,) -> (y (b, h, p) in x's dtype, new state (b, h, p, n)). The state is not mutated.
-    """
-    check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
+def ssd_step_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                 D: Optional[Tensor] = None, z: Optional[Tensor] = None, dt_bias: Optional[Tensor] = None,
+                 dt_softplus: bool = False, dt_limit: tuple[float, float] = NO_LIMIT) -> tuple[Tensor, Tensor]:
+    """The decoding step's spec: `ssd_update` on one position (contract: `ssd_step`)."""
     ct = torch.promote_types(compute_dtype(x), state.dtype)
     h = x.shape[1]
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit, ct)           # (b, h)
@@ -198,12 +193,30 @@ def check_step_inputs(state, x, dt, A, B, C, D=None, z=None, dt_bias=None) -> No
 
 
 # ----------------------------------------------------------------------------------------------
-# Backends and the one dispatch point.
+# Backends and the dispatch points.
 # ----------------------------------------------------------------------------------------------
 REGISTRY = BackendRegistry("ssd_scan", Backend(
     "ref", ssd_scan_ref, lambda device: None, "sequential reference in PyTorch (the spec; slow)"))
 register_ssd_backend = REGISTRY.register
 available_ssd_backends = REGISTRY.available
+STEP_REGISTRY = BackendRegistry("ssd_step", Backend(
+    "ref", ssd_step_ref, lambda device: None, "PyTorch reference (the spec)"))
+
+
+def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+             D: Optional[Tensor] = None, z: Optional[Tensor] = None, dt_bias: Optional[Tensor] = None,
+             dt_softplus: bool = False, dt_limit: tuple[float, float] = NO_LIMIT,
+             backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """One decoding step (mamba_ssm's selective_state_update for Mamba-2, Δ tied across p).
+
+    state (b, h, p, n) fp32, x/z (b, h, p), dt (b, h), A (h,), B/C (b, g, n), D (h,) or (h, p),
+    dt_bias (h,) -> (y (b, h, p) in x's dtype, new state (b, h, p, n)). The state is not mutated.
+    backend: "auto" | "ref" | "cpu" (ops/ssd_step_cpu.py) | whatever is registered.
+    """
+    check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias)
+    impl = STEP_REGISTRY.resolve(backend, x.device)
+    return impl.fn(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                   dt_limit=dt_limit)
 
 
 def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = 256,

@@ -2,8 +2,9 @@
 ops/cpu_kernels.py).
 
 Two calls per layer replace ~30 tiny eager ops between the mixer's matmuls:
-`selective_state_update` backend "cpu" (twin: selective_state_update_ref) and
-`causal_conv1d_step` backend "cpu" (twin: causal_conv1d_step_ref); tests compare them. `linear`
+`selective_state_update` backend "cpu" (twin: selective_state_update_ref) — or for Mamba-2
+`ssd_step` backend "cpu" (twin: ssd_step_ref) — and `causal_conv1d_step` backend "cpu" (twin:
+causal_conv1d_step_ref); tests compare them. `linear`
 backend "cpu" (twin: linear_ref) streams fp32 / bf16 / int8 weights for matrix-vector products.
 
 The kernels compute in fp32 and are not differentiable: when autograd needs the result, or for
@@ -12,6 +13,7 @@ bf16/fp16 activations are upcast to fp32 for the state update (the state is fp32
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -22,6 +24,8 @@ from mambakit.ops.cpu_kernels import available, library, ptr
 from mambakit.ops.linear import REGISTRY as LINEAR_REGISTRY
 from mambakit.ops.linear import linear_ref
 from mambakit.ops.registry import Backend
+from mambakit.ops.ssd import NO_LIMIT, ssd_step_ref
+from mambakit.ops.ssd import STEP_REGISTRY as SSD_STEP_REGISTRY
 from mambakit.ops.state_update import REGISTRY, selective_state_update_ref
 
 _F32 = torch.float32
@@ -81,7 +85,42 @@ def state_update_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
     return y.to(x.dtype), new_state
 
 
+def _flat_rows(t: Tensor) -> Tensor:
+    """t (b, ..., last) whose dims after the batch are laid out contiguously (a row-strided view
+    into a matmul output passes through as it is), else a contiguous copy."""
+    inner = t[0] if t.shape[0] else t
+    return t if inner.is_contiguous() else t.contiguous()
+
+
+def ssd_step_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                 D: Optional[Tensor] = None, z: Optional[Tensor] = None, dt_bias: Optional[Tensor] = None,
+                 dt_softplus: bool = False, dt_limit: tuple[float, float] = NO_LIMIT) -> tuple[Tensor, Tensor]:
+    """ssd_step in one pass over the state (csrc/ssd_step.cpp); same contract as ssd_step_ref.
+    x, z (b, h, p), dt (b, h) and B, C (b, g, n) may be row-strided views; shapes checked by the
+    dispatcher."""
+    if _needs_reference(state, x, dt, A, B, C, D, z, dt_bias):
+        return ssd_step_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+    b, h, p, n = state.shape
+
+    def f32(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else _flat_rows(t.to(_F32))
+
+    xf, dtf, zf, Bf, Cf = f32(x), f32(dt), f32(z), f32(B), f32(C)
+    state, A = state.to(_F32).contiguous(), A.to(_F32).contiguous()
+    D = None if D is None else D.to(_F32).contiguous()
+    dt_bias = None if dt_bias is None else dt_bias.to(_F32).contiguous()
+    lo, hi = (-math.inf, math.inf) if tuple(dt_limit) == NO_LIMIT else dt_limit   # NO_LIMIT: no clamp at all
+    y, new_state = xf.new_empty(b, h, p), torch.empty_like(state)
+    library().mk_ssd_step_f32(
+        ptr(state), ptr(new_state), ptr(xf), xf.stride(0), ptr(dtf), dtf.stride(0), ptr(dt_bias),
+        int(dt_softplus), float(lo), float(hi), ptr(A), ptr(Bf), Bf.stride(0), ptr(Cf),
+        Cf.stride(0), B.shape[1], ptr(D), int(D is not None and D.dim() == 2), ptr(zf),
+        0 if zf is None else zf.stride(0), ptr(y), h * p, b, h, p, n)
+    return y.to(x.dtype), new_state
+
+
 REGISTRY.register(Backend("cpu", state_update_cpu, available, "fused C++/OpenMP kernel"), auto_for=("cpu",))
+SSD_STEP_REGISTRY.register(Backend("cpu", ssd_step_cpu, available, "fused C++/OpenMP kernel"), auto_for=("cpu",))
 STEP_REGISTRY.register(Backend("cpu", conv_step_cpu, available, "fused C++/OpenMP kernel"), auto_for=("cpu",))
 
 

@@ -26,13 +26,22 @@ def test_conv_step_matches_reference(b, d, k, with_bias, activation):
     assert torch.equal(state, before)
 
 
-def test_model_decode_with_fused_step_equals_reference_step():
-    model = tiny_mamba()
+def _tiny_mamba2():
+    from mambakit import Mamba2Config, Mamba2LM
+
+    return Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=50, d_state=8, headdim=8, ngroups=2,
+                                 chunk_size=4)).eval()
+
+
+@pytest.mark.parametrize("build,set_backend", [(tiny_mamba, "set_scan_backend"), (_tiny_mamba2, "set_ssd_backend")],
+                         ids=["mamba", "mamba2"])
+def test_model_decode_with_fused_step_equals_reference_step(build, set_backend):
+    model = build()
     ids = torch.randint(0, 50, (3, 7))
     outs = {}
     with torch.inference_mode():
         for backend in ("auto", "ref"):
-            model.set_scan_backend(backend)
+            getattr(model, set_backend)(backend)
             cache = model.allocate_cache(3)
             outs[backend] = torch.stack([model.step(ids[:, t], cache) for t in range(7)], 1)
     torch.testing.assert_close(outs["auto"], outs["ref"], atol=1e-5, rtol=1e-5)
@@ -81,18 +90,3 @@ def test_ssd_step_matches_transformers_selective_state_update():
     y, new = ssd_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=True, backend="cpu")
     torch.testing.assert_close(y, want_y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(new, want, atol=1e-5, rtol=1e-5)
-
-
-def test_mamba2_decode_with_fused_step_equals_reference_step():
-    from mambakit import Mamba2Config, Mamba2LM
-
-    model = Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=50, d_state=8, headdim=8, ngroups=2,
-                                  chunk_size=4)).eval()
-    ids = torch.randint(0, 50, (3, 7))
-    outs = {}
-    with torch.inference_mode():
-        for backend in ("auto", "ref"):
-            model.set_ssd_backend(backend)
-            cache = model.allocate_cache(3)
-            outs[backend] = torch.stack([model.step(ids[:, t], cache) for t in range(7)], 1)
-    torch.testing.assert_close(outs["auto"], outs["ref"], atol=1e-5, rtol=1e-5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mambakit.cli.common import load_model_and_tokenizer, non_negative_float, positive_int
+from mambakit.cli.common import add_precision_args, load_model_and_tokenizer, non_negative_float, positive_int
 
 
 def port_number(text: str) -> int:
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--model-name", help="the model id clients send (default: the folder name)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights' dtype")
+    add_precision_args(p)
     p.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together")
     p.add_argument("--max-queue", type=positive_int, default=64,
                    help="requests waiting for a slot before new ones get 429")
@@ -54,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer)
-    if args.dtype == "bf16":
-        model = model.to(torch.bfloat16)
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint, args.tokenizer, precision=args)
     template = load_chat_template(args.tokenizer or args.checkpoint)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue,
                     prefill_chunk=args.prefill_chunk, state_cache_mb=args.state_cache_mb,

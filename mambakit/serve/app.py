@@ -91,7 +91,8 @@ def create_app(engine: Engine, model_name: str, chat_template=plain_chat_templat
     async def health(request):
         cache, alive = engine.prefix_cache, engine.alive
         return JSONResponse({"status": "ok" if alive else "engine stopped", "model": model_name,
-                             "family": engine.model.config.model_type, **engine.gauges(),
+                             "family": engine.model.config.model_type,
+                             "weights": getattr(engine.model, "quantization", None) or "fp32", **engine.gauges(),
                              "max_batch": engine.max_batch, "state_cache_budget_bytes": cache.budget,
                              "state_cache_hits": cache.hits, "state_cache_misses": cache.misses},
                             status_code=200 if alive else 503)

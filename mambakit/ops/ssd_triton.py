@@ -50,7 +50,7 @@ def ssd_scan_triton(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chun
     check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, reset)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (x, dt, A, B, C, D, z, dt_bias, initial_states)):
-        return ssd_scan_chunked(*args, **kwargs)          # training: autograd's matmul backward
+        return ssd_scan_chunked(*args, **kwargs)          # training: the chunked form and its backward
     reason = available(x.device)
     if reason is not None:
         raise ValueError(f"ssd_scan backend 'triton' is not available: {reason}")

@@ -76,15 +76,34 @@ def test_chunk_size_changes_nothing_but_speed(chunk_size):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_gradcheck_float64_chunked_and_quadratic():
-    x = make_inputs(1, 6, 2, 2, 1, 2, D="hp", h0=True, reset=True, dtype=torch.float64)
+@pytest.mark.parametrize("shape", [(1, 6, 2, 2, 1, 2), (2, 7, 4, 2, 2, 3)])
+def test_gradcheck_float64_chunked_and_quadratic(shape):
+    """Finite differences: the chunked form's hand-written backward (3 chunks, the last padded,
+    2 heads per group, packed documents, a carried state) and the quadratic form's autograd."""
+    x = make_inputs(*shape, D="hp", h0=True, reset=True, dtype=torch.float64)
     names = [k for k in GRAD_NAMES if x[k] is not None]
     for backend in FORMS:
         def f(*leaves, backend=backend):
-            out = ssd_scan(**{**x, **dict(zip(names, leaves))}, chunk_size=4, dt_softplus=True,
+            out = ssd_scan(**{**x, **dict(zip(names, leaves))}, chunk_size=3, dt_softplus=True,
                            return_final_states=True, backend=backend)
             return out
         assert torch.autograd.gradcheck(f, [x[k].clone().requires_grad_(True) for k in names])
+
+
+def test_chunked_training_keeps_no_chunk_by_chunk_blocks():
+    """What the chunked form keeps for its backward is O(l) (inputs and chunk states), not the
+    O(l·Q) decay blocks autograd would keep: here one (h, l, Q) block alone is twice the bound."""
+    b, l, h, p, g, n, Q = 1, 256, 4, 4, 1, 4, 64
+    x = make_inputs(b, l, h, p, g, n, h0=True, reset=True)
+    leaves = {k: x[k].clone().requires_grad_(True) for k in ("x", "dt", "B", "C", "z", "initial_states")}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        y, final = ssd_scan(**{**x, **leaves}, chunk_size=Q, dt_softplus=True, return_final_states=True,
+                            backend="chunked")
+    bound = 8 * b * l * h * p
+    assert sum(saved) < bound < b * h * l * Q, saved
+    (y.sum() + final.sum()).backward()
+    assert all(t.grad is not None and t.grad.isfinite().all() for t in leaves.values())
 
 
 @pytest.mark.parametrize("backend", ["ref", *FORMS])

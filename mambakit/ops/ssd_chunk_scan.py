@@ -1,0 +1,151 @@
+"""The chunked SSD algorithm's core (Dao & Gu 2024, §7) with a hand-written backward.
+
+Works on what is left once Δ is applied (ssd_chunked.py does that with autograd): Δx, log Ā = ΔA,
+B, C and the initial state, all padded to c chunks of Q positions. Glossary as in ssd.py, plus
+Q chunk length, c number of chunks, hg = h/g heads per group.
+
+Why a custom backward: autograd through the forward keeps every (Q × Q) block per head — the decay
+L, L ∘ CBᵀ, their exponent — for every layer until the backward pass: O(b·h·l·Q) floats, which
+for the 130M model at L=512 is more than the rest of the activations. This backward keeps only its
+inputs and the chunk states H (b, c, h, p, n), and rebuilds the (Q × Q) blocks from them, one
+layer at a time. The gradients are the forward's matmuls transposed, plus the derivative of the
+decays, which all have the form exp(Σ a): d(cum) = (d value) · value, summed back through the
+cumulative sum. Tests check it against the sequential reference (outputs, states, gradients) and
+gradcheck it in fp64.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def decay_mask(seg: Optional[Tensor], T: int, device) -> Tensor:
+    """Causal mask (T, T), and-ed with 'same packed document' when seg (..., T) is given."""
+    mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    return mask if seg is None else mask & (seg[..., :, None] == seg[..., None, :])
+
+
+def _decays(cum: Tensor, seg: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """From cum (b, c, Q, g, hg) = within-chunk cumulative log Ā and seg (b, c, Q) (packed-document
+    index counted from the chunk start, or None):
+        L         exp(cum_t - cum_s), s ≤ t in one document    (b, c, g, hg, Q, Q)
+        to_end    exp(cum_last - cum_s), s in the last document (b, c, Q, g, hg)
+        into      exp(cum_t), t in the chunk's first document   (b, c, Q, g, hg)
+        through   exp(cum_last) if the chunk has no reset      (b, c, g, hg)
+    Within a chunk the difference of cumulative sums stays at fp32 rounding (Q is small), as in
+    mamba_ssm's chunk kernels."""
+    Q = cum.shape[2]
+    cum_h = cum.permute(0, 1, 3, 4, 2)                                          # (b, c, g, hg, Q)
+    seg_h = None if seg is None else seg[:, :, None, None, :]                   # (b, c, 1, 1, Q)
+    L = (cum_h[..., :, None] - cum_h[..., None, :]).masked_fill(
+        ~decay_mask(seg_h, Q, cum.device), -math.inf).exp()
+    to_end, into, through = torch.exp(cum[:, :, -1:] - cum), cum.exp(), cum[:, :, -1].exp()
+    if seg is not None:
+        s = seg[..., None, None]                                                # (b, c, Q, 1, 1)
+        to_end = to_end * (s == s[:, :, -1:])
+        into = into * (s == 0)
+        through = through * (s[:, :, -1] == 0)
+    return L, to_end, into, through
+
+
+class ChunkScan(torch.autograd.Function):
+    """(Δx (b, cQ, h, p), log Ā (b, cQ, h), B, C (b, cQ, g, n), h0 (b, h, p, n) or None, seg, Q)
+    -> (y (b, cQ, h, p) without the D skip and gate, final state (b, h, p, n))."""
+
+    @staticmethod
+    def forward(ctx, xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, h0: Optional[Tensor],
+                seg: Optional[Tensor], Q: int):
+        b, cq, h, p = xdt.shape
+        g, n = B.shape[-2:]
+        c, hg = cq // Q, h // g
+        cum = a.view(b, c, Q, g, hg).cumsum(2)                                  # (b, c, Q, g, hg)
+        seg = None if seg is None else seg.view(b, c, Q)
+        L, to_end, into, through = _decays(cum, seg)
+        Bc, Cc = (t.view(b, c, Q, g, n).transpose(2, 3) for t in (B, C))        # (b, c, g, Q, n)
+        X = xdt.view(b, c, Q, g, hg, p)
+
+        # 1. intra-chunk (dual) form: Y_diag = (L ∘ C Bᵀ) Δx, once per group for C Bᵀ.
+        CB = Cc @ Bc.transpose(-1, -2)                                          # (b, c, g, Q, Q)
+        Y = (L * CB[:, :, :, None]) @ X.permute(0, 1, 3, 4, 2, 5)               # (b, c, g, hg, Q, p)
+        # 2. each chunk's contribution to the state at its end, states kept transposed (n, hg·p)
+        #    so all heads of a group share one matmul against B or C.
+        Xw = (X * to_end[..., None]).view(b, c, Q, g, hg * p)
+        S = Bc.transpose(-1, -2) @ Xw.transpose(2, 3)                           # (b, c, g, n, hg·p)
+        # 3. carry the state across chunks; H[k] enters chunk k.
+        state = (xdt.new_zeros(b, g, n, hg * p) if h0 is None
+                 else h0.view(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p))
+        decay = through.repeat_interleave(p, dim=-1)[:, :, :, None]             # (b, c, g, 1, hg·p)
+        H = xdt.new_empty(b, c, g, n, hg * p)
+        for k in range(c):
+            H[:, k] = state
+            state = decay[:, k] * state + S[:, k]
+        # 4. what the entering state adds to each position of its chunk.
+        Y_off = (Cc @ H).view(b, c, g, Q, hg, p).transpose(2, 3) * into[..., None]  # (b, c, Q, g, hg, p)
+        y = (Y.permute(0, 1, 4, 2, 3, 5) + Y_off).reshape(b, cq, h, p)
+        final = state.view(b, g, n, hg, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
+
+        ctx.save_for_backward(xdt, a, B, C, H, seg)
+        ctx.Q, ctx.has_h0 = Q, h0 is not None
+        return y, final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Optional[Tensor], dfinal: Optional[Tensor]):
+        xdt, a, B, C, H, seg = ctx.saved_tensors
+        Q = ctx.Q
+        b, cq, h, p = xdt.shape
+        g, n = B.shape[-2:]
+        c, hg = cq // Q, h // g
+        dy = torch.zeros_like(xdt) if dy is None else dy
+        cum = a.view(b, c, Q, g, hg).cumsum(2)                                  # (b, c, Q, g, hg)
+        L, to_end, into, through = _decays(cum, seg)
+        Bc, Cc = (t.view(b, c, Q, g, n).transpose(2, 3) for t in (B, C))        # (b, c, g, Q, n)
+        X = xdt.view(b, c, Q, g, hg, p)
+        dY = dy.view(b, c, Q, g, hg, p)
+
+        # 4. Y_off = into ∘ (C H): gradients for C, into and (all chunks at once) H.
+        dYi = (dY * into[..., None]).view(b, c, Q, g, hg * p).transpose(2, 3)   # (b, c, g, Q, hg·p)
+        dH_out = Cc.transpose(-1, -2) @ dYi                                     # (b, c, g, n, hg·p)
+        dC = dYi @ H.transpose(-1, -2)                                          # (b, c, g, Q, n)
+        CH = (Cc @ H).view(b, c, g, Q, hg, p).transpose(2, 3)                   # (b, c, Q, g, hg, p)
+        dcum = (dY * CH).sum(-1) * into                                         # (b, c, Q, g, hg)
+
+        # 3. the state recurrence, backwards: dS[k] = dH[k+1]; dH[k] = through·dH[k+1] + dH_out[k].
+        grad = (xdt.new_zeros(b, g, n, hg * p) if dfinal is None
+                else dfinal.view(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p))
+        decay = through.repeat_interleave(p, dim=-1)[:, :, :, None]             # (b, c, g, 1, hg·p)
+        dS = torch.empty_like(H)
+        for k in reversed(range(c)):
+            dS[:, k] = grad
+            grad = decay[:, k] * grad + dH_out[:, k]
+        dthrough = (dS * H).sum(-2).view(b, c, g, hg, p).sum(-1) * through      # (b, c, g, hg)
+        dh0 = grad.view(b, g, n, hg, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n) if ctx.has_h0 else None
+
+        # 2. S = Bᵀ (to_end ∘ Δx): gradients for B, Δx and to_end.
+        BdS = (Bc @ dS).transpose(2, 3).view(b, c, Q, g, hg, p)                # (b, c, Q, g, hg, p)
+        Xw = (X * to_end[..., None]).view(b, c, Q, g, hg * p).transpose(2, 3)   # (b, c, g, Q, hg·p)
+        dB = Xw @ dS.transpose(-1, -2)                                          # (b, c, g, Q, n)
+        dX = BdS * to_end[..., None]                                            # (b, c, Q, g, hg, p)
+        dto_end = (BdS * X).sum(-1) * to_end                                    # (b, c, Q, g, hg)
+
+        # 1. Y_diag = M Δx with M = L ∘ C Bᵀ: gradients for Δx, C Bᵀ (then C, B) and L.
+        CB = Cc @ Bc.transpose(-1, -2)                                          # (b, c, g, Q, Q)
+        M = L * CB[:, :, :, None]                                               # (b, c, g, hg, Q, Q)
+        dYd = dY.permute(0, 1, 3, 4, 2, 5)                                      # (b, c, g, hg, Q, p)
+        dM = dYd @ X.permute(0, 1, 3, 4, 5, 2)                                  # (b, c, g, hg, Q, Q)
+        dX = dX + (M.transpose(-1, -2) @ dYd).permute(0, 1, 4, 2, 3, 5)
+        dCB = (dM * L).sum(3)                                                   # (b, c, g, Q, Q)
+        dC = dC + dCB @ Bc
+        dB = dB + dCB.transpose(-1, -2) @ Cc
+        P = dM * M                                                              # d(cum_t - cum_s)
+        dcum = dcum + (P.sum(-1) - P.sum(-2)).permute(0, 1, 4, 2, 3)
+
+        # The decays' exponents: to_end = exp(cum_last - cum_s), through = exp(cum_last).
+        dcum = dcum - dto_end
+        dcum[:, :, -1] += dto_end.sum(2) + dthrough
+        da = dcum.flip(2).cumsum(2).flip(2)                                     # back through the cumsum
+        return (dX.reshape(b, cq, h, p), da.reshape(b, cq, h), dB.transpose(2, 3).reshape(b, cq, g, n),
+                dC.transpose(2, 3).reshape(b, cq, g, n), dh0, None, None)

@@ -2,11 +2,14 @@
 tokens/s, training step — mambakit at fp32 / bf16 / int8 weights (mambakit.quantize).
 
 Peers in the same run: transformers' MambaForCausalLM (its CPU path, fp32) and mambapy's LM (its
-parallel scan), same shapes, random weights.
+parallel scan), same shapes, random weights; with --with-llamacpp also llama.cpp at f32 / f16 /
+q8_0 (built once from the llama-cpp-python sdist and cached: benchmarks/llamacpp_peer.py), running the
+same random weights converted from our transformers-format export.
 Each measurement runs in its own subprocess so peak RSS is per case. Medians of several runs.
 
     python benchmarks/bench_lm.py            # full (~15 min on an idle 2-core machine)
     python benchmarks/bench_lm.py --quick    # small model, seconds: a smoke test of the script
+    python benchmarks/bench_lm.py --with-llamacpp   # + llama.cpp (first run: ~30 min to compile)
 Writes benchmarks/results/lm.json and lm.png.
 """
 from __future__ import annotations
@@ -21,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import llamacpp_peer  # benchmarks/ (this script's folder) is on sys.path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for hub kernels
 RESULTS = Path(__file__).parent / "results"
@@ -180,15 +185,39 @@ def case_train(impl: str, size: dict, length: int, repeats: int, grad_checkpoint
     ids = torch.randint(0, size["vocab_size"], (1, length + 1))
 
     def step():
-        out = model(ids[:, :-1])
-        logits = out if isinstance(out, torch.Tensor) else out.logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        if impl.startswith("mambakit"):  # what `mambakit train` does: the LM head's chunked loss
+            loss = model(ids[:, :-1], targets=ids[:, 1:])
+        else:
+            out = model(ids[:, :-1])
+            logits = out if isinstance(out, torch.Tensor) else out.logits
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)  # free the grads before the next forward, as a trainer does
 
     step()
     return {"seconds": _median_time(step, repeats)}
+
+
+def add_llamacpp(results: dict, size: dict, lengths: list[int], contexts: list[int]) -> None:
+    """llama.cpp's rows beside ours (labels "llama.cpp f32|f16|q8_0") and the ratios to them in
+    results["llamacpp"]; when it can't be built or run, the reason in one line and no rows."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mambakit-llamacpp-") as tmp:
+        _ours(size).save_pretrained(Path(tmp) / "hf", format="transformers")  # the same seed-0 weights
+        try:
+            peer = llamacpp_peer.run_peer(Path(tmp) / "hf", Path(tmp), threads=os.cpu_count() or 1,
+                                     lengths=lengths, contexts=contexts)
+        except llamacpp_peer.LlamaCppUnavailable as e:
+            print(f"[llama.cpp] left out: {e}", flush=True)
+            results["llamacpp"] = {"version": llamacpp_peer.VERSION, "error": str(e)}
+            return
+    for label, cases in peer.items():
+        results["prefill"][label] = cases["prefill"]
+        results["decode"][label] = cases["decode"]
+    results["llamacpp"] = {"version": llamacpp_peer.VERSION, "threads": os.cpu_count(),
+                           "vs_mambakit": llamacpp_peer.ratios(results)}
 
 
 CASES = {"prefill": case_prefill, "decode": case_decode, "train": case_train}
@@ -261,6 +290,12 @@ def table(results: dict) -> str:
     lines.append("")
     lines.extend(f"training step B=1 L={results['train_length']} {n}: {r['seconds']:.2f} s, peak RSS "
                  f"{r['peak_rss_mb']:.0f} MB" for n, r in train.items() if "seconds" in r)
+    peer = results.get("llamacpp", {})
+    if "error" in peer:
+        lines.append(f"llama.cpp: left out ({peer['error']})")
+    if peer.get("vs_mambakit"):
+        lines.extend(["", f"vs llama.cpp (llama-cpp-python {peer['version']} sdist, -t {peer['threads']}):",
+                      *llamacpp_peer.ratio_lines(peer["vs_mambakit"])])
     return "\n".join(lines)
 
 
@@ -271,6 +306,8 @@ def main() -> None:
     ap.add_argument("--plot-only", action="store_true", help="redraw lm.png from lm.json")
     ap.add_argument("--impls", default="mambakit,transformers,mambapy",
                     help=f"comma-separated subset of {','.join(BUILD)}")
+    ap.add_argument("--with-llamacpp", action="store_true",
+                    help="add llama.cpp f32/f16/q8_0 as a peer (built once into ~/.cache/mambakit/llamacpp)")
     ap.add_argument("--precisions", default=",".join(PRECISIONS),
                     help="mambakit weight formats to measure (default: fp32,bf16,int8)")
     args = ap.parse_args()
@@ -323,6 +360,9 @@ def main() -> None:
                 print(f"[{impl}] train step L={train_len} --grad-checkpoint ...", flush=True)
                 results["train"][f"{impl} grad-checkpoint"] = run_case(
                     "train", impl=impl, size=size, length=train_len, repeats=3, grad_checkpoint=True)
+    if args.with_llamacpp:
+        print("[llama.cpp] f32 / f16 / q8_0 ...", flush=True)
+        add_llamacpp(results, size, lengths, contexts)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / ("lm_quick.json" if args.quick else "lm.json")
     out.write_text(json.dumps(results, indent=2) + "\n")

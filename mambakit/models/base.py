@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
@@ -25,6 +26,7 @@ from mambakit.formats.checkpoint import read_checkpoint, save_model
 from mambakit.io.files import CONFIG_NAME, CheckpointError
 from mambakit.io.weights import load_state_into
 from mambakit.models.quantize import quantize
+from mambakit.ops.cross_entropy import linear_cross_entropy
 
 
 class LanguageModel(nn.Module, abc.ABC):
@@ -77,6 +79,21 @@ class LanguageModel(nn.Module, abc.ABC):
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(layer, h, *args, use_reentrant=False, **kwargs)
         return layer(h, *args, **kwargs)
+
+    def head(self, h: Tensor, targets: Optional[Tensor] = None) -> Tensor:
+        """norm_f and the LM head: h (b, l, d) -> logits (b, l, padded_vocab). With `targets` (b, l)
+        (next-token ids, -100 where unscored), the mean next-token NLL instead (fp32 scalar, what
+        F.cross_entropy gives on the logits), computed over the vocabulary in row chunks so the
+        (b·l, vocab) fp32 logits and their gradient never exist whole (training memory)."""
+        h = self.backbone.norm_f(h)
+        if targets is None:
+            return self.lm_head(h)
+        if not isinstance(targets, Tensor) or tuple(targets.shape) != tuple(h.shape[:2]):
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ValueError(f"targets must have the logits' (batch, seqlen) shape {tuple(h.shape[:2])}, got {shape}")
+        if type(self.lm_head) is not nn.Linear:  # a quantized head has no float weight to chunk over
+            return F.cross_entropy(self.lm_head(h).flatten(0, 1).float(), targets.flatten())
+        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
     @staticmethod
     def keep_last(h: Tensor, logits_to_keep: int) -> Tensor:
@@ -172,11 +189,14 @@ class LanguageModel(nn.Module, abc.ABC):
 
 
 def _empty_input_gives_empty_logits(forward):
-    """Wrap a family's forward: (b, 0) or (0, l) input_ids -> zeros (b, l, padded_vocab), no work."""
+    """Wrap a family's forward: (b, 0) or (0, l) input_ids -> zeros (b, l, padded_vocab), no work
+    (with `targets`: a nan loss, the mean over no tokens, as F.cross_entropy gives)."""
     @functools.wraps(forward)
     def guarded(self, input_ids, *args, **kwargs):
         if isinstance(input_ids, Tensor) and input_ids.dim() == 2 and input_ids.numel() == 0:
             self.check_input_ids(input_ids)
+            if kwargs.get("targets") is not None:
+                return torch.full((), float("nan"), device=self.device)
             return torch.zeros(*input_ids.shape, self.config.padded_vocab_size, device=self.device)
         return forward(self, input_ids, *args, **kwargs)
 

@@ -62,6 +62,6 @@ class MambaLM(MixerLM):
 
     def forward(self, input_ids: Tensor, cache: Optional[RecurrentCache] = None,
                 attention_mask: Optional[Tensor] = None, reset: Optional[Tensor] = None,
-                logits_to_keep: int = 0) -> Tensor:
+                logits_to_keep: int = 0, targets: Optional[Tensor] = None) -> Tensor:
         """As MixerLM.forward; `reset` (b, l) marks where packed documents start (state zeroed)."""
-        return super().forward(input_ids, cache, attention_mask, logits_to_keep, reset=reset)
+        return super().forward(input_ids, cache, attention_mask, logits_to_keep, targets, reset=reset)

@@ -97,9 +97,11 @@ class MixerLM(LanguageModel):
         return RecurrentCache([layer.mixer.allocate_state(batch_size) for layer in self.backbone.layers])
 
     def forward(self, input_ids: Tensor, cache: Optional[RecurrentCache] = None,
-                attention_mask: Optional[Tensor] = None, logits_to_keep: int = 0, **mixer_kwargs) -> Tensor:
+                attention_mask: Optional[Tensor] = None, logits_to_keep: int = 0,
+                targets: Optional[Tensor] = None, **mixer_kwargs) -> Tensor:
         """input_ids (b, l) -> logits (b, l, padded_vocab), or (b, logits_to_keep, padded_vocab)
-        for the last positions only when logits_to_keep > 0.
+        for the last positions only when logits_to_keep > 0; with `targets` (b, l), the mean
+        next-token loss instead (see LanguageModel.head).
 
         With `cache`, the sequence continues from the cached state and the cache ends holding the
         state after the last token (prefill, or chunked continuation); with grad enabled that final
@@ -114,7 +116,7 @@ class MixerLM(LanguageModel):
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
         h = self.keep_last(h, logits_to_keep).to(self.backbone.embedding.weight.dtype)
-        return self.lm_head(self.backbone.norm_f(h))                    # (b, l, vocab)
+        return self.head(h, targets)                                    # (b, l, vocab)
 
     def step(self, tokens: Tensor, cache: RecurrentCache) -> Tensor:
         self.check_input_ids(tokens, dims=(1,))

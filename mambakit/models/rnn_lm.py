@@ -71,9 +71,10 @@ class RNNLM(LanguageModel):
         return RNNCache(self.backbone.rnn.allocate_state(batch_size))
 
     def forward(self, input_ids: Tensor, cache: Optional[RNNCache] = None,
-                attention_mask: Optional[Tensor] = None, logits_to_keep: int = 0) -> Tensor:
+                attention_mask: Optional[Tensor] = None, logits_to_keep: int = 0,
+                targets: Optional[Tensor] = None) -> Tensor:
         """input_ids (b, l) -> logits (b, l, padded_vocab) (the last `logits_to_keep` positions
-        only, if > 0). With `cache`, continue from its state and
+        only, if > 0; with `targets`, the mean loss: LanguageModel.head). With `cache`, continue from its state and
         leave the final one there (prefill). `attention_mask` (b, l), 0 on LEFT padding: pads leave
         the state untouched, even when continuing from a cache."""
         self.check_input_ids(input_ids)
@@ -83,7 +84,7 @@ class RNNLM(LanguageModel):
         if cache is not None:
             cache.state = state
             cache.seqlen_offset += input_ids.shape[1]
-        return self.lm_head(self.backbone.norm_f(self.keep_last(y, logits_to_keep)))  # (b, l, vocab)
+        return self.head(self.keep_last(y, logits_to_keep), targets)        # (b, l, vocab)
 
     def step(self, tokens: Tensor, cache: RNNCache) -> Tensor:
         self.check_input_ids(tokens, dims=(1,))

@@ -144,19 +144,21 @@ class TransformerLM(LanguageModel):
                                 torch.zeros(batch_size, dtype=torch.long, device=device))
 
     def forward(self, input_ids: Tensor, cache: Optional[TransformerCache] = None,
-                attention_mask: Optional[Tensor] = None, logits_to_keep: int = 0) -> Tensor:
+                attention_mask: Optional[Tensor] = None, logits_to_keep: int = 0,
+                targets: Optional[Tensor] = None) -> Tensor:
         """input_ids (b, l) -> logits (b, l, padded_vocab) (the last `logits_to_keep` positions
-        only, if > 0). With `cache`, attend to the cached
+        only, if > 0; with `targets`, the mean loss: LanguageModel.head). With `cache`, attend to the cached
         keys too and append this chunk's (prefill). `attention_mask` (b, l) is 0 on pads."""
         self.check_input_ids(input_ids)
-        return self._run(input_ids, cache, self.check_attention_mask(attention_mask, input_ids), logits_to_keep)
+        return self._run(input_ids, cache, self.check_attention_mask(attention_mask, input_ids), logits_to_keep,
+                         targets)
 
     def step(self, tokens: Tensor, cache: TransformerCache) -> Tensor:
         self.check_input_ids(tokens, dims=(1,))
         return self._run(tokens[:, None], cache, None)[:, 0]                # (b, vocab)
 
     def _run(self, ids: Tensor, cache: Optional[TransformerCache], mask: Optional[Tensor],
-             logits_to_keep: int = 0) -> Tensor:
+             logits_to_keep: int = 0, targets: Optional[Tensor] = None) -> Tensor:
         b, l = ids.shape
         # Position ids count real tokens only, so a left-padded row sees the positions it would alone.
         steps = torch.arange(l, device=ids.device).expand(b, l) if mask is None \
@@ -184,4 +186,4 @@ class TransformerLM(LanguageModel):
         for i, layer in enumerate(self.backbone.layers):
             h = self.run_layer(layer, h, rotary, allowed, None if cache is None else cache.layers[i], offset)
         h = self.keep_last(h, logits_to_keep).to(self.backbone.embedding.weight.dtype)
-        return self.lm_head(self.backbone.norm_f(h))                        # (b, l, vocab)
+        return self.head(h, targets)                                        # (b, l, vocab)

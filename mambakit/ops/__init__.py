@@ -12,6 +12,7 @@ from mambakit.ops import (  # noqa: F401,E402
     step_triton,
 )
 from mambakit.ops.conv import causal_conv1d, causal_conv1d_step, causal_conv1d_step_ref
+from mambakit.ops.cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
 from mambakit.ops.discretize import ContinuousSSM, bilinear, bilinear_diag, simulate, zoh, zoh_diag
 from mambakit.ops.hippo import dplr_legs_half, hippo_legs, hippo_legt, nplr_legs, reconstruction_demo
 from mambakit.ops.linear import linear, linear_ref
@@ -43,7 +44,7 @@ __all__ = [
     "selective_scan", "selective_scan_ref", "register_backend", "available_backends", "ScanBackend",
     "ssd_scan", "ssd_scan_ref", "ssd_step", "register_ssd_backend", "available_ssd_backends",
     "selective_state_update", "selective_state_update_ref", "register_state_update_backend",
-    "available_state_update_backends", "linear", "linear_ref",
+    "available_state_update_backends", "linear", "linear_ref", "linear_cross_entropy", "linear_cross_entropy_ref",
     "causal_conv1d", "causal_conv1d_step", "causal_conv1d_step_ref",
     "ContinuousSSM", "zoh", "zoh_diag", "bilinear", "bilinear_diag", "simulate",
     "hippo_legs", "hippo_legt", "nplr_legs", "dplr_legs_half", "reconstruction_demo",

@@ -38,6 +38,14 @@ def token_nll(model, batch: Batch, core=None) -> Tensor:
     return nll.view_as(batch.targets)                                      # (b, l)
 
 
+def mean_loss(model, batch: Batch, core=None) -> Tensor:
+    """Mean next-token NLL of `batch` (fp32 scalar, nats) for training: the model's chunked LM-head
+    loss (LanguageModel.head), so the (b·l, vocab) logits never exist whole. `core` as token_nll."""
+    core = model if core is None else core
+    kwargs = {"reset": batch.reset} if batch.reset is not None and core.supports_reset else {}
+    return model(batch.inputs, targets=batch.targets, **kwargs)
+
+
 def summarize(nats: float, n_tokens: int, n_bytes: int) -> dict:
     loss = nats / max(n_tokens, 1)
     return {"loss": loss, "bits_per_byte": nats / LN2 / max(n_bytes, 1),

@@ -38,7 +38,7 @@ from mambakit.train.distributed import (
     shutdown,
     wrap_model,
 )
-from mambakit.train.evaluate import DTYPES, autocast, evaluate, token_nll
+from mambakit.train.evaluate import DTYPES, autocast, evaluate, mean_loss
 from mambakit.train.guards import (
     StopOnSignal,
     TimeBudget,
@@ -125,7 +125,7 @@ def accumulate_gradients(model, core, data: TokenDataset, cfg: TrainConfig, step
                    None if batch.reset is None else batch.reset[part].to(ctx.device))
         with no_sync(model, i < cfg.grad_accum - 1):
             with autocast(ctx.device, cfg.dtype):
-                loss = token_nll(model, mb, core).mean() / cfg.grad_accum
+                loss = mean_loss(model, mb, core) / cfg.grad_accum
             loss.backward()
         total += float(loss.detach())
     return total
@@ -163,10 +163,11 @@ def train(model, train_data: TokenDataset, val_data: TokenDataset, cfg: TrainCon
 
 
 def activation_bytes(config, tokens: int) -> int:
-    """A floor on what one forward + backward keeps: logits, their softmax and gradient, and
-    ~16 d_model-wide fp32 activations per layer and token (Mamba keeps x, z, Δ, B, C, y, ...)."""
+    """A floor on what one forward + backward keeps: ~16 d_model-wide fp32 activations per layer
+    and token (Mamba keeps x, z, Δ, B, C, y, ...). The loss over the vocabulary runs in chunks of
+    fixed size (LanguageModel.head), so no logits-wide term grows with the tokens."""
     width = getattr(config, "d_model", 0) * getattr(config, "n_layer", 0)
-    return tokens * 4 * (3 * getattr(config, "padded_vocab_size", 0) + 16 * width)
+    return tokens * 4 * 16 * width
 
 
 class _Run:

@@ -11,8 +11,9 @@ hash no longer matches (a truncated copy, a disk error) is rebuilt, never loaded
 missing or compilation fails, `available()` says why and the ops' "auto" falls back to "ref".
 
 Leaves on top of this module: scan_cpu.py (selective scan fwd/bwd), step_cpu.py (one-token decode
-step and Mamba-2's SSD step), linear.py (matrix-vector products for decoding).
-A new kernel is a csrc/ file plus its entry in `_SIGNATURES`.
+step and Mamba-2's SSD step, the matrix-vector products of decoding). A new kernel is a csrc/ file
+plus its entry in `_SIGNATURES`. `build_for` compiles for another target (AVX2-only, no SIMD) so
+tests reach the portable fallbacks of the intrinsics code on an AVX-512 machine.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ CSRC = Path(__file__).parent / "csrc"
 SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp", CSRC / "ssd_step.cpp",
            CSRC / "gemv.cpp"]  # linked into one library
 HEADERS = [CSRC / "fastmath.h"]
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]  # plus -march: native unless a test asks
 
 
 class ScanArgs(ctypes.Structure):
@@ -65,7 +66,9 @@ _SIGNATURES = {
                         _P, _I, _P, _I, _I, _P, _I32, _P, _I, _P, _I, _I, _I, _I, _I],
     # x, x_stride, w, scale, bias, y, y_stride, m, n, k, threads
     **{f"mk_gemv_{w}": [_P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32] for w in ("f32", "bf16", "i8")},
+    "mk_gemv_arithmetic": [],
 }
+_RESTYPES = {"mk_gemv_arithmetic": ctypes.c_int32}  # every other symbol returns void
 
 _lock = threading.Lock()
 _state: dict = {}  # "lib" -> loaded CDLL, or "error" -> why not; plus "compile_seconds"
@@ -98,11 +101,12 @@ def _cached_ok(target: Path, checksum: Path) -> bool:
         return False
 
 
-def _build(cxx: str) -> Path:
+def _build(cxx: str, march: str = "native", sources: tuple[Path, ...] = tuple(SOURCES)) -> Path:
     """Compile the kernels (or reuse a verified cached build) and return the shared object's path."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-    texts = [p.read_text() for p in SOURCES + HEADERS]
-    key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version, platform.machine(),
+    flags = [*FLAGS, f"-march={march}"]
+    texts = [p.read_text() for p in (*sources, *HEADERS)]
+    key = hashlib.sha256("\0".join([*texts, " ".join(flags), version, platform.machine(),
                                     _cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"mambakit-kernels-{key}.so"
     checksum = target.with_name(target.name + ".sum")
@@ -117,7 +121,7 @@ def _build(cxx: str) -> Path:
     tmp_sum = checksum.with_name(f".{checksum.name}.{os.getpid()}.tmp")
     start = time.perf_counter()
     try:
-        proc = subprocess.run([cxx, *FLAGS, *map(str, SOURCES), "-o", str(tmp)], capture_output=True,
+        proc = subprocess.run([cxx, *flags, *map(str, sources), "-o", str(tmp)], capture_output=True,
                               text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-500:]}")
@@ -140,14 +144,27 @@ def library() -> Optional[ctypes.CDLL]:
                 _state["error"] = f"C++ compiler {cxx!r} not found (install g++ or set CXX)"
             else:
                 try:
-                    lib = ctypes.CDLL(str(_build(cxx)))
-                    for name, argtypes in _SIGNATURES.items():
-                        fn = getattr(lib, name)
-                        fn.argtypes, fn.restype = argtypes, None
-                    _state["lib"] = lib
+                    _state["lib"] = _load(_build(cxx))
                 except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as exc:
                     _state["error"] = f"could not build the fused kernels: {exc}"
         return _state.get("lib")
+
+
+def _load(path: Path, complete: bool = True) -> ctypes.CDLL:
+    """Load a built library and declare its symbols (all of them must be there if `complete`)."""
+    lib = ctypes.CDLL(str(path))
+    for name, argtypes in _SIGNATURES.items():
+        if complete or hasattr(lib, name):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
+    return lib
+
+
+def build_for(march: str, sources: tuple[str, ...]) -> ctypes.CDLL:
+    """`sources` (csrc/ file names) compiled for another target than this CPU, e.g. "x86-64-v3"
+    (AVX2, no AVX-512) or "x86-64" (SSE2 only): how tests run the portable fallbacks here. Cached
+    like the main library; raises RuntimeError if the compiler fails."""
+    return _load(_build(os.environ.get("CXX", "g++"), march, tuple(CSRC / s for s in sources)), complete=False)
 
 
 def available(device: torch.device) -> Optional[str]:

@@ -6,9 +6,12 @@
     bias    b                           (n,)
 
 Decoding reads every weight once per token, so its cost is bytes over memory bandwidth: the CPU
-backend (ops/step_cpu.py) streams each weight row once for all rows of x and converts to fp32 in
-registers; bf16 halves and int8 quarters the bytes. Long inputs (prefill, training) are matrix-
-matrix products, where the reference (torch's GEMM on the dequantized weight) is the right tool.
+backend (ops/step_cpu.py) streams each weight row once for all rows of x; bf16 halves and int8
+quarters the bytes. To keep the arithmetic cheaper than the bytes, it multiplies int8 weights by
+int8 activations (x quantized on the fly as llama.cpp's q8_0 blocks: its twin is `linear_q8_ref`)
+and, on CPUs with bf16 dot products, bf16 weights by x rounded to bf16. Long inputs (prefill,
+training) are matrix-matrix products, where the reference (torch's GEMM on the dequantized
+weight, activations as given) is the right tool.
 """
 from __future__ import annotations
 
@@ -35,6 +38,37 @@ def linear_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     """The spec: F.linear on the dequantized weight, in x's dtype (differentiable in x, bias
     and a floating-point weight)."""
     return F.linear(x, dequantize(weight, scale, x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+Q8_BLOCK = 32  # values of x per quantization block: llama.cpp's q8_0
+
+
+def quantize_q8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x (..., k) -> q (..., k) int8, d (..., ceil(k / 32)) fp32 with x ≈ q · d per block of 32:
+    llama.cpp's q8_0 (d_b = max|x_b| / 127, q = roundf(x · (1 / d_b)), half away from zero), with
+    d kept in fp32 where q8_0 stores fp16."""
+    k = x.shape[-1]
+    nb = -(-k // Q8_BLOCK)
+    blocks = F.pad(x.float(), (0, nb * Q8_BLOCK - k)).unflatten(-1, (nb, Q8_BLOCK))  # (..., nb, 32)
+    d = blocks.abs().amax(-1) / 127.0                                                # (..., nb)
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    v = blocks * inv[..., None]
+    a = v.abs()
+    q = torch.copysign(a.floor() + (2.0 * (a - a.floor())).floor(), v)   # exact round-half-away
+    return q.to(torch.int8).flatten(-2)[..., :k], d
+
+
+def linear_q8_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Tensor) -> Tensor:
+    """The int8 decode kernel's arithmetic, its twin: y = (Σ_b d_b · (q_b · w_b)) · scale + bias,
+    x quantized by `quantize_q8`, each block's dot product exact (in fp64), in x's dtype."""
+    q, d = quantize_q8(x)
+    k, nb = x.shape[-1], d.shape[-1]
+    pad = (0, nb * Q8_BLOCK - k)
+    qb = F.pad(q.double(), pad).unflatten(-1, (nb, Q8_BLOCK))                   # (..., nb, 32)
+    wb = F.pad(weight.double(), pad).unflatten(-1, (nb, Q8_BLOCK))              # (n, nb, 32)
+    dots = torch.einsum("...bi,nbi->...nb", qb, wb)                            # (..., n, nb) exact
+    y = (dots * d.double()[..., None, :]).sum(-1) * scale.double()
+    return (y if bias is None else y + bias.double()).to(x.dtype)
 
 
 def check_linear_inputs(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Optional[Tensor]) -> None:

@@ -4,8 +4,9 @@ ops/cpu_kernels.py).
 Two calls per layer replace ~30 tiny eager ops between the mixer's matmuls:
 `selective_state_update` backend "cpu" (twin: selective_state_update_ref) — or for Mamba-2
 `ssd_step` backend "cpu" (twin: ssd_step_ref) — and `causal_conv1d_step` backend "cpu" (twin:
-causal_conv1d_step_ref); tests compare them. `linear`
-backend "cpu" (twin: linear_ref) streams fp32 / bf16 / int8 weights for matrix-vector products.
+causal_conv1d_step_ref); tests compare them. `linear` backend "cpu" streams fp32 / bf16 / int8
+weights for matrix-vector products (twins: linear_ref, with x rounded to bf16 where the CPU has
+bf16 dot products; linear_q8_ref for int8).
 
 The kernels compute in fp32 and are not differentiable: when autograd needs the result, or for
 fp64 inputs (kept exact for gradcheck), these backends hand the call to the reference twin.
@@ -128,24 +129,43 @@ MAX_GEMV_ROWS = 16  # more rows of x than this: a matrix-matrix product, where t
 _GEMV = {torch.float32: "mk_gemv_f32", torch.bfloat16: "mk_gemv_bf16", torch.int8: "mk_gemv_i8"}
 
 
+def gemv_arithmetic(lib=None) -> dict[str, str]:
+    """How the GEMV kernels of `lib` (default: this CPU's build) compute, per weight format:
+    bf16 -> "bf16 dot products" (x rounded to bf16; avx512_bf16) or "fp32"; int8 -> "avx512-vnni",
+    "avx2" or "scalar" (all three: x quantized as q8_0, the same integer block sums)."""
+    flags = (lib or library()).mk_gemv_arithmetic()
+    return {"fp32": "fp32", "bf16": "bf16 dot products" if flags & 1 else "fp32",
+            "int8": ("scalar", "avx2", "avx512-vnni")[(flags >> 1) & 3]}
+
+
+def gemv(lib, x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Optional[Tensor],
+         threads: int) -> Tensor:
+    """The kernel call: x (m, k) fp32 with stride-1 rows, weight (n, k) contiguous, scale and bias
+    fp32 contiguous (n,) or None -> y (m, n) fp32. Shapes are the caller's to check."""
+    m, k = x.shape
+    n = weight.shape[0]
+    y = x.new_empty(m, n)
+    w = weight.view(torch.int16) if weight.dtype == torch.bfloat16 else weight   # bf16 as raw bits
+    getattr(lib, _GEMV[weight.dtype])(ptr(x), x.stride(0), ptr(w), ptr(scale), ptr(bias), ptr(y), n, m,
+                                      n, k, threads)
+    return y
+
+
 def linear_cpu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                scale: Optional[Tensor] = None) -> Tensor:
-    """`linear` for decoding: one pass over the weights for up to MAX_GEMV_ROWS rows of x, fp32
-    accumulation; longer inputs, autograd and fp64 go to the reference."""
+    """`linear` for decoding: one pass over the weights for up to MAX_GEMV_ROWS rows of x (twins:
+    linear_ref; linear_q8_ref for int8 weights, whose activations are quantized as q8_0); longer
+    inputs, autograd and fp64 go to linear_ref."""
     k, n = x.shape[-1], weight.shape[0]
     rows = x.numel() // k if k else 0
     if rows == 0 or rows > MAX_GEMV_ROWS or _needs_reference(x, weight, bias, scale):
         return linear_ref(x, weight, bias, scale)
     x2 = _rows(x.reshape(rows, k).to(_F32))                              # (m, k)
-    weight = weight.contiguous()
     scale = None if scale is None else scale.to(_F32).contiguous()
     bias = None if bias is None else bias.to(_F32).contiguous()
-    y = x2.new_empty(rows, n)
-    w = weight.view(torch.int16) if weight.dtype == torch.bfloat16 else weight   # bf16 as raw bits
     # Small matrices (x_proj: 80 rows) finish before a second thread would have started.
     threads = torch.get_num_threads() if n * k >= 1 << 17 else 1
-    getattr(library(), _GEMV[weight.dtype])(ptr(x2), x2.stride(0), ptr(w), ptr(scale), ptr(bias), ptr(y),
-                                            n, rows, n, k, threads)
+    y = gemv(library(), x2, weight.contiguous(), bias, scale, threads)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 

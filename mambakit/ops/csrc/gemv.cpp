@@ -1,18 +1,34 @@
 // Matrix-vector products for decoding: y (m, n) = x (m, k) · W (n, k)ᵀ · scale (n) + bias (n), m small.
 //
-// Decoding one token reads every weight once, so a step costs bytes over memory bandwidth. These
-// kernels stream each weight row once for all m input rows (batched decode pays for the weights
-// once, not m times), convert fp32 / bf16 / int8 weights to fp32 in registers and accumulate in
-// fp32. bf16 is the top half of an fp32 (a shift); int8 rows carry one fp32 scale per output
-// channel (weight-only quantization). Reference twin: F.linear on the dequantized weight
-// (ops/linear.py; tests compare them). Python checks every shape before calling.
+// Decoding one token reads every weight once, so a step costs bytes over memory bandwidth — if the
+// arithmetic keeps up. Each weight row is read once, as one sequential stream, and dotted with
+// every row of x while it sits in L1 (batched decode pays for the weights once). Reading 2 or 4
+// rows side by side (more accumulator chains, shared loads of x) ran 2x slower here (Zen 4): the
+// interleaved streams defeat the prefetcher, and one FMA chain already outruns memory. Per format:
+//   fp32  fp32 FMAs.
+//   bf16  with avx512_bf16: x rounded to bf16 once per call, then VDPBF16PS (bf16 pairs, fp32
+//         accumulation; two weights per 32-bit lane, no conversion). Without it: each weight
+//         widened to fp32 (bf16 is the top half of an fp32, a shift) and fp32 FMAs.
+//   int8  x quantized on the fly per block of 32 values as llama.cpp's q8_0 (one scale
+//         d_b = max|x_b| / 127 per block, kept in fp32), integer dot products per block,
+//         Σ_b d_b · dot_b in fp32, times the weight row's scale (per output channel, as stored).
+// Reference twins (ops/linear.py): linear_ref on the dequantized weight (x rounded to bf16 where
+// the kernel does), linear_q8_ref for int8; tests compare them. Python checks every shape first.
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
+constexpr int64_t kBlock = 32;  // int8 path: values of x per quantization block (q8_0's)
+
+// ---- fp32 and bf16 weights: fp32 arithmetic (portable; the compiler vectorises) ---------------
 inline float to_f32(float w) { return w; }
-inline float to_f32(int8_t w) { return static_cast<float>(w); }
 inline float to_f32(uint16_t w) {  // bf16 bits -> fp32
   const uint32_t bits = static_cast<uint32_t>(w) << 16;
   float f;
@@ -20,46 +36,170 @@ inline float to_f32(uint16_t w) {  // bf16 bits -> fp32
   return f;
 }
 
-constexpr int64_t kRows = 4;  // input rows sharing one pass over a weight row
-
-// R input rows (at x, stride x_stride) dotted with one weight row: acc[q] = x_q · w.
-template <int R, typename W>
-inline void dots(const float* x, int64_t x_stride, const W* w, int64_t k, float* acc) {
-  const float* x0 = x;
-  const float* x1 = x + (R > 1 ? x_stride : 0);
-  const float* x2 = x + (R > 2 ? 2 * x_stride : 0);
-  const float* x3 = x + (R > 3 ? 3 * x_stride : 0);
-  float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-  for (int64_t i = 0; i < k; ++i) {
-    const float wi = to_f32(w[i]);
-    a0 += wi * x0[i];
-    if (R > 1) a1 += wi * x1[i];
-    if (R > 2) a2 += wi * x2[i];
-    if (R > 3) a3 += wi * x3[i];
-  }
-  acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+template <typename W>
+inline float dot_f32(const float* x, const W* w, int64_t k) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < k; ++i) acc += to_f32(w[i]) * x[i];
+  return acc;
 }
 
 template <typename W>
-void gemv(const float* x, int64_t x_stride, const W* w, const float* scale, const float* bias, float* y,
-          int64_t y_stride, int64_t m, int64_t n, int64_t k, int32_t threads) {
+struct FloatRows {
+  const float* x;
+  int64_t x_stride;
+  const W* w;
+  int64_t k;
+  float dot(int64_t r, int64_t j) const { return dot_f32(x + r * x_stride, w + j * k, k); }
+};
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+// ---- bf16 weights, bf16 activations, VDPBF16PS ------------------------------------------------
+struct Bf16DotRows {
+  std::vector<uint16_t> xb;  // x rounded to bf16 (round to nearest even), rows padded with 0 to kp
+  int64_t kp;
+  const uint16_t* w;
+  int64_t k;
+
+  Bf16DotRows(const float* x, int64_t x_stride, int64_t m, const uint16_t* w_, int64_t k_)
+      : xb(), kp((k_ + 31) / 32 * 32), w(w_), k(k_) {
+    xb.assign(m * kp, 0);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t i = 0; i < k; i += 16) {
+        const __mmask16 mask = k - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (k - i)) - 1);
+        const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, x + r * x_stride + i));
+        _mm256_mask_storeu_epi16(xb.data() + r * kp + i, mask, (__m256i)h);
+      }
+  }
+
+  float dot(int64_t r, int64_t j) const {
+    const uint16_t* xr = xb.data() + r * kp;
+    const uint16_t* wj = w + j * k;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 32) {  // x is padded; weight rows are not: mask the last load
+      const __mmask32 mask = k - i >= 32 ? ~0u : (1u << (k - i)) - 1;
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mask, wj + i);
+      acc = _mm512_dpbf16_ps(acc, wv, (__m512bh)_mm512_loadu_si512(xr + i));
+    }
+    return _mm512_reduce_add_ps(acc);
+  }
+};
+#endif
+
+// ---- int8 weights, int8 activations -------------------------------------------------------------
+// Round half away from zero, as C's roundf and llama.cpp's q8_0; exact, and vectorisable (floor).
+inline float round_away(float v) {
+  const float a = std::fabs(v), f = std::floor(a);
+  return std::copysign(f + std::floor(2.0f * (a - f)), v);
+}
+
+// x (m, k) quantized like llama.cpp's q8_0 (per block of kBlock values b: d_b = max|x_b| / 127,
+// q = roundf(x / d_b), as x · (1 / d_b)), with d kept in fp32 (q8_0 stores it in fp16).
+// q (m, kp) is zero past k; kp is a multiple of 64 (one 512-bit load).
+struct QuantizedX {
+  int64_t kp, nb;
+  std::vector<int8_t> q;
+  std::vector<float> d;  // (m, nb)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  std::vector<float> d16;     // (m, kp / 4): each d_b repeated over the 8 int32 lanes of its block
+  std::vector<float> offset;  // (m,) 128 · Σ_b d_b Σ q_b: see Int8Rows
+#endif
+
+  QuantizedX(const float* x, int64_t x_stride, int64_t m, int64_t k)
+      : kp((k + 63) / 64 * 64), nb((k + kBlock - 1) / kBlock), q(m * kp, 0), d(m * nb) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    d16.assign(m * kp / 4, 0.0f);
+    offset.assign(m, 0.0f);
+#endif
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* xb = x + r * x_stride + b * kBlock;
+        const int64_t len = k - b * kBlock < kBlock ? k - b * kBlock : kBlock;
+        float amax = 0.0f;
+        for (int64_t i = 0; i < len; ++i) amax = std::fabs(xb[i]) > amax ? std::fabs(xb[i]) : amax;
+        const float db = amax / 127.0f, inv = db != 0.0f ? 1.0f / db : 0.0f;
+        int8_t* qb = q.data() + r * kp + b * kBlock;
+        for (int64_t i = 0; i < len; ++i) qb[i] = static_cast<int8_t>(round_away(xb[i] * inv));  // |.| <= 127
+        d[r * nb + b] = db;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+        int32_t sum = 0;
+        for (int64_t i = 0; i < len; ++i) sum += qb[i];
+        offset[r] += 128.0f * db * static_cast<float>(sum);
+        for (int64_t i = 0; i < kBlock / 4; ++i) d16[r * kp / 4 + b * kBlock / 4 + i] = db;
+#endif
+      }
+  }
+};
+
+// Σ_i q_i w_i over the `len` values of one block, in integers (the exact value every path computes).
+inline int32_t dot_block_i8(const int8_t* q, const int8_t* w, int64_t len) {
+  int32_t s = 0;
+  for (int64_t i = 0; i < len; ++i) s += static_cast<int32_t>(q[i]) * w[i];
+  return s;
+}
+
+// Σ_b d_b (q_b · w_b) for one weight row and one quantized row of x.
+struct Int8Rows {
+  const QuantizedX& xq;
+  const int8_t* w;
+  int64_t k;
+
+  float dot(int64_t r, int64_t j) const {
+    const int8_t* xr = xq.q.data() + r * xq.kp;
+    const int8_t* wj = w + j * k;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    // VPDPBUSD multiplies unsigned by signed bytes, 4 products into each int32 lane: feed it
+    // w + 128 (w ^ 0x80) and x, then take 128 Σ_b d_b Σ q_b (the same for every row) off the
+    // total. One 64-byte load is two blocks: lanes 0-7 the first, 8-15 the second, scaled by d16.
+    // The last load is masked (rows are not padded; x is, with zeros).
+    const float* d16 = xq.d16.data() + r * xq.kp / 4;
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 64) {
+      const __mmask64 mask = k - i >= 64 ? ~0ull : (1ull << (k - i)) - 1;
+      const __m512i wu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, wj + i), flip);
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, _mm512_loadu_si512(xr + i));
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_loadu_ps(d16 + i / 4), acc);
+    }
+    return _mm512_reduce_add_ps(acc) - xq.offset[r];
+#else
+    const float* d = xq.d.data() + r * xq.nb;
+    const int64_t full = k / kBlock;  // whole blocks to SIMD, the partial last one to scalar code
+#if defined(__AVX2__)
+    // VPMADDUBSW multiplies unsigned by signed bytes into saturating int16 pairs: feed it |x| and
+    // w with x's sign (|pair| <= 2·127·127 < 2^15, no saturation), then pairs of int16 into int32.
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < full; ++b) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + b * kBlock));
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wj + b * kBlock));
+      const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
+      const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+      acc = _mm256_fmadd_ps(p, _mm256_set1_ps(d[b]), acc);
+    }
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    float total = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+#else
+    float total = 0.0f;
+    for (int64_t b = 0; b < full; ++b)
+      total += d[b] * static_cast<float>(dot_block_i8(xr + b * kBlock, wj + b * kBlock, kBlock));
+#endif
+    if (full < xq.nb)
+      total += d[full] * static_cast<float>(dot_block_i8(xr + full * kBlock, wj + full * kBlock, k - full * kBlock));
+    return total;
+#endif
+  }
+};
+
+// y[r, j] = rows.dot(r, j) · scale[j] + bias[j]; weight rows split over threads.
+template <typename Rows>
+void gemv(const Rows& rows, const float* scale, const float* bias, float* y, int64_t y_stride, int64_t m,
+          int64_t n, int32_t threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t j = 0; j < n; ++j) {
-    const W* wj = w + j * k;
     const float s = scale ? scale[j] : 1.0f, b = bias ? bias[j] : 0.0f;
-    for (int64_t r = 0; r < m; r += kRows) {
-      const int64_t rows = m - r < kRows ? m - r : kRows;
-      const float* xr = x + r * x_stride;
-      float acc[kRows];
-      switch (rows) {
-        case 1: dots<1>(xr, x_stride, wj, k, acc); break;
-        case 2: dots<2>(xr, x_stride, wj, k, acc); break;
-        case 3: dots<3>(xr, x_stride, wj, k, acc); break;
-        default: dots<4>(xr, x_stride, wj, k, acc); break;
-      }
-      for (int64_t q = 0; q < rows; ++q) y[(r + q) * y_stride + j] = acc[q] * s + b;
-    }
+    for (int64_t r = 0; r < m; ++r) y[r * y_stride + j] = rows.dot(r, j) * s + b;
   }
 }
 
@@ -67,18 +207,38 @@ void gemv(const float* x, int64_t x_stride, const W* w, const float* scale, cons
 
 extern "C" {
 
+// Which arithmetic this build uses (tests pick the matching twin): bit 0 = bf16 weights use
+// bf16 dot products (x rounded to bf16); bits 1-2 = int8 path: 2 VNNI, 1 AVX2, 0 scalar.
+int32_t mk_gemv_arithmetic() {
+  int32_t flags = 0;
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  flags |= 1;
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  flags |= 2 << 1;
+#elif defined(__AVX2__)
+  flags |= 1 << 1;
+#endif
+  return flags;
+}
+
 void mk_gemv_f32(const float* x, int64_t x_stride, const float* w, const float* scale, const float* bias,
                  float* y, int64_t y_stride, int64_t m, int64_t n, int64_t k, int32_t threads) {
-  gemv(x, x_stride, w, scale, bias, y, y_stride, m, n, k, threads);
+  gemv(FloatRows<float>{x, x_stride, w, k}, scale, bias, y, y_stride, m, n, threads);
 }
 void mk_gemv_bf16(const float* x, int64_t x_stride, const uint16_t* w, const float* scale,
                   const float* bias, float* y, int64_t y_stride, int64_t m, int64_t n, int64_t k,
                   int32_t threads) {
-  gemv(x, x_stride, w, scale, bias, y, y_stride, m, n, k, threads);
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  gemv(Bf16DotRows(x, x_stride, m, w, k), scale, bias, y, y_stride, m, n, threads);
+#else
+  gemv(FloatRows<uint16_t>{x, x_stride, w, k}, scale, bias, y, y_stride, m, n, threads);
+#endif
 }
 void mk_gemv_i8(const float* x, int64_t x_stride, const int8_t* w, const float* scale, const float* bias,
                 float* y, int64_t y_stride, int64_t m, int64_t n, int64_t k, int32_t threads) {
-  gemv(x, x_stride, w, scale, bias, y, y_stride, m, n, k, threads);
+  const QuantizedX xq(x, x_stride, m, k);
+  gemv(Int8Rows{xq, w, k}, scale, bias, y, y_stride, m, n, threads);
 }
 
 }  // extern "C"

@@ -38,7 +38,7 @@ def _decays(cum: Tensor, seg: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor,
     Within a chunk the difference of cumulative sums stays at fp32 rounding (Q is small), as in
     mamba_ssm's chunk kernels."""
     Q = cum.shape[2]
-    cum_h = cum.permute(0, 1, 3, 4, 2)                                          # (b, c, g, hg, Q)
+    cum_h = cum.permute(0, 1, 3, 4, 2).contiguous()                             # (b, c, g, hg, Q): L comes out contiguous
     seg_h = None if seg is None else seg[:, :, None, None, :]                   # (b, c, 1, 1, Q)
     L = (cum_h[..., :, None] - cum_h[..., None, :]).masked_fill(
         ~decay_mask(seg_h, Q, cum.device), -math.inf).exp()
@@ -49,6 +49,12 @@ def _decays(cum: Tensor, seg: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor,
         into = into * (s == 0)
         through = through * (s[:, :, -1] == 0)
     return L, to_end, into, through
+
+
+def _heads_first(t: Tensor) -> Tensor:
+    """(b, c, Q, g, hg, p) -> (b, c, g, hg, Q, p), contiguous: one copy, rather than one inside
+    every batched matmul that reads it."""
+    return t.permute(0, 1, 3, 4, 2, 5).contiguous()
 
 
 class ChunkScan(torch.autograd.Function):
@@ -64,37 +70,40 @@ class ChunkScan(torch.autograd.Function):
         cum = a.view(b, c, Q, g, hg).cumsum(2)                                  # (b, c, Q, g, hg)
         seg = None if seg is None else seg.view(b, c, Q)
         L, to_end, into, through = _decays(cum, seg)
-        Bc, Cc = (t.view(b, c, Q, g, n).transpose(2, 3) for t in (B, C))        # (b, c, g, Q, n)
+        Bc, Cc = (t.reshape(b, c, Q, g, n).transpose(2, 3) for t in (B, C))     # (b, c, g, Q, n)
         X = xdt.view(b, c, Q, g, hg, p)
 
         # 1. intra-chunk (dual) form: Y_diag = (L ∘ C Bᵀ) Δx, once per group for C Bᵀ.
         CB = Cc @ Bc.transpose(-1, -2)                                          # (b, c, g, Q, Q)
-        Y = (L * CB[:, :, :, None]) @ X.permute(0, 1, 3, 4, 2, 5)               # (b, c, g, hg, Q, p)
+        Y = (L * CB[:, :, :, None]) @ _heads_first(X)                           # (b, c, g, hg, Q, p)
         # 2. each chunk's contribution to the state at its end, states kept transposed (n, hg·p)
         #    so all heads of a group share one matmul against B or C.
         Xw = (X * to_end[..., None]).view(b, c, Q, g, hg * p)
         S = Bc.transpose(-1, -2) @ Xw.transpose(2, 3)                           # (b, c, g, n, hg·p)
-        # 3. carry the state across chunks; H[k] enters chunk k.
-        state = (xdt.new_zeros(b, g, n, hg * p) if h0 is None
-                 else h0.view(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p))
+        # 3. carry the state across chunks: H[k+1] = through_k · H[k] + S[k], written in place;
+        #    H[k] enters chunk k, H[c] is the final state.
+        H = xdt.new_empty(b, c + 1, g, n, hg * p)
+        H[:, 0] = 0 if h0 is None else h0.view(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p)
         decay = through.repeat_interleave(p, dim=-1)[:, :, :, None]             # (b, c, g, 1, hg·p)
-        H = xdt.new_empty(b, c, g, n, hg * p)
         for k in range(c):
-            H[:, k] = state
-            state = decay[:, k] * state + S[:, k]
+            torch.addcmul(S[:, k], decay[:, k], H[:, k], out=H[:, k + 1])
+        state, H = H[:, c], H[:, :c]
         # 4. what the entering state adds to each position of its chunk.
         Y_off = (Cc @ H).view(b, c, g, Q, hg, p).transpose(2, 3) * into[..., None]  # (b, c, Q, g, hg, p)
         y = (Y.permute(0, 1, 4, 2, 3, 5) + Y_off).reshape(b, cq, h, p)
-        final = state.view(b, g, n, hg, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
+        # A copy, never a view of H: the caller may update its state in place.
+        final = xdt.new_empty(b, g, hg, p, n).copy_(state.view(b, g, n, hg, p).permute(0, 1, 3, 4, 2))
+        final = final.view(b, h, p, n)
 
-        ctx.save_for_backward(xdt, a, B, C, H, seg)
+        # Y_off is kept (as large as Δx) so the backward needs no second C·H matmul for d(into).
+        ctx.save_for_backward(xdt, a, B, C, H, Y_off, seg)
         ctx.Q, ctx.has_h0 = Q, h0 is not None
         return y, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Optional[Tensor], dfinal: Optional[Tensor]):
-        xdt, a, B, C, H, seg = ctx.saved_tensors
+        xdt, a, B, C, H, Y_off, seg = ctx.saved_tensors
         Q = ctx.Q
         b, cq, h, p = xdt.shape
         g, n = B.shape[-2:]
@@ -102,7 +111,7 @@ class ChunkScan(torch.autograd.Function):
         dy = torch.zeros_like(xdt) if dy is None else dy
         cum = a.view(b, c, Q, g, hg).cumsum(2)                                  # (b, c, Q, g, hg)
         L, to_end, into, through = _decays(cum, seg)
-        Bc, Cc = (t.view(b, c, Q, g, n).transpose(2, 3) for t in (B, C))        # (b, c, g, Q, n)
+        Bc, Cc = (t.reshape(b, c, Q, g, n).transpose(2, 3) for t in (B, C))     # (b, c, g, Q, n)
         X = xdt.view(b, c, Q, g, hg, p)
         dY = dy.view(b, c, Q, g, hg, p)
 
@@ -110,19 +119,18 @@ class ChunkScan(torch.autograd.Function):
         dYi = (dY * into[..., None]).view(b, c, Q, g, hg * p).transpose(2, 3)   # (b, c, g, Q, hg·p)
         dH_out = Cc.transpose(-1, -2) @ dYi                                     # (b, c, g, n, hg·p)
         dC = dYi @ H.transpose(-1, -2)                                          # (b, c, g, Q, n)
-        CH = (Cc @ H).view(b, c, g, Q, hg, p).transpose(2, 3)                   # (b, c, Q, g, hg, p)
-        dcum = (dY * CH).sum(-1) * into                                         # (b, c, Q, g, hg)
+        dcum = (dY * Y_off).sum(-1)                                             # d(into)·into: (b, c, Q, g, hg)
 
-        # 3. the state recurrence, backwards: dS[k] = dH[k+1]; dH[k] = through·dH[k+1] + dH_out[k].
-        grad = (xdt.new_zeros(b, g, n, hg * p) if dfinal is None
-                else dfinal.view(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p))
+        # 3. the state recurrence, backwards: dH[k] = through_k · dH[k+1] + dH_out[k], and
+        #    dS[k] = dH[k+1]; dH[c] is the final state's gradient, dH[0] the initial state's.
+        dH = xdt.new_empty(b, c + 1, g, n, hg * p)
+        dH[:, c] = 0 if dfinal is None else dfinal.view(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p)
         decay = through.repeat_interleave(p, dim=-1)[:, :, :, None]             # (b, c, g, 1, hg·p)
-        dS = torch.empty_like(H)
         for k in reversed(range(c)):
-            dS[:, k] = grad
-            grad = decay[:, k] * grad + dH_out[:, k]
+            torch.addcmul(dH_out[:, k], decay[:, k], dH[:, k + 1], out=dH[:, k])
+        dS = dH[:, 1:]
         dthrough = (dS * H).sum(-2).view(b, c, g, hg, p).sum(-1) * through      # (b, c, g, hg)
-        dh0 = grad.view(b, g, n, hg, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n) if ctx.has_h0 else None
+        dh0 = dH[:, 0].view(b, g, n, hg, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n) if ctx.has_h0 else None
 
         # 2. S = Bᵀ (to_end ∘ Δx): gradients for B, Δx and to_end.
         BdS = (Bc @ dS).transpose(2, 3).view(b, c, Q, g, hg, p)                # (b, c, Q, g, hg, p)
@@ -134,8 +142,8 @@ class ChunkScan(torch.autograd.Function):
         # 1. Y_diag = M Δx with M = L ∘ C Bᵀ: gradients for Δx, C Bᵀ (then C, B) and L.
         CB = Cc @ Bc.transpose(-1, -2)                                          # (b, c, g, Q, Q)
         M = L * CB[:, :, :, None]                                               # (b, c, g, hg, Q, Q)
-        dYd = dY.permute(0, 1, 3, 4, 2, 5)                                      # (b, c, g, hg, Q, p)
-        dM = dYd @ X.permute(0, 1, 3, 4, 5, 2)                                  # (b, c, g, hg, Q, Q)
+        dYd = _heads_first(dY)                                                  # (b, c, g, hg, Q, p)
+        dM = dYd @ _heads_first(X).transpose(-1, -2)                            # (b, c, g, hg, Q, Q)
         dX = dX + (M.transpose(-1, -2) @ dYd).permute(0, 1, 4, 2, 3, 5)
         dCB = (dM * L).sum(3)                                                   # (b, c, g, Q, Q)
         dC = dC + dCB @ Bc

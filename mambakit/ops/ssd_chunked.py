@@ -72,6 +72,11 @@ def ssd_scan_quadratic(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, c
     return (y, final) if return_final_states else y
 
 
+def _pad_positions(t: Tensor, pad: int) -> Tensor:
+    """t (b, l, ...) with `pad` zero positions appended (no copy when there are none)."""
+    return t if pad == 0 else F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
+
+
 def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = 256,
                      D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                      dt_bias: Optional[Tensor] = None, dt_softplus: bool = False,
@@ -92,9 +97,9 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     c = -(-l // Q)
     pad = c * Q - l                       # zero-padding: Δ = 0 there, so Ā = 1 and no input
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit, ct)                  # (b, l, h)
-    a = F.pad(dt * A.to(ct), (0, 0, 0, pad))                                    # log Ā: (b, c·Q, h)
-    xdt = F.pad(x.to(ct) * dt[..., None], (0, 0, 0, 0, 0, pad))                 # Δ x: (b, c·Q, h, p)
-    Bp, Cp = (F.pad(t.to(ct), (0, 0, 0, 0, 0, pad)) for t in (B, C))            # (b, c·Q, g, n)
+    a = _pad_positions(dt * A.to(ct), pad)                                      # log Ā: (b, c·Q, h)
+    xdt = _pad_positions(x.to(ct) * dt[..., None], pad)                         # Δ x: (b, c·Q, h, p)
+    Bp, Cp = (_pad_positions(t.to(ct), pad) for t in (B, C))                    # (b, c·Q, g, n)
     # seg: packed-document index inside each chunk, counted from the chunk start.
     seg = None if reset is None else F.pad(reset.long(), (0, pad)).view(b, c, Q).cumsum(-1)  # (b, c, Q)
     h0 = None if initial_states is None else initial_states.to(ct)

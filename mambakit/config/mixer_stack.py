@@ -1,4 +1,5 @@
-"""Fields of mamba_ssm's MixerModel shared by Mamba and Mamba-2: hybrid stacks with attention layers."""
+"""Fields of mamba_ssm's MixerModel shared by Mamba and Mamba-2: hybrid stacks with attention layers,
+and the MLP after each mixer (d_intermediate)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,14 +18,19 @@ ATTN_CFG_FIXED = {"causal": True, "rotary_emb_interleaved": False, "d_conv": 0, 
 @dataclass
 class MixerStackConfig(LMConfig):
     """mamba_ssm's MixerModel fields for hybrid stacks, shared by Mamba and Mamba-2: attention
-    layers (mamba_ssm's MHA, arguments in `attn_cfg`) at the indices in `attn_layer_idx`."""
+    layers (mamba_ssm's MHA, arguments in `attn_cfg`) at the indices in `attn_layer_idx`, and
+    `d_intermediate` > 0 for a GatedMLP (modules/mlp.py) after every layer's mixer."""
 
     attn_layer_idx: list[int] = field(default_factory=list)
     attn_cfg: dict[str, Any] = field(default_factory=dict)
+    d_intermediate: int = 0
 
     def validate(self) -> None:
         super().validate()
         name = type(self).__name__
+        if isinstance(self.d_intermediate, bool) or not isinstance(self.d_intermediate, int) \
+                or self.d_intermediate < 0:
+            raise ValueError(f"{name}.d_intermediate must be an int >= 0 (0: no MLP), got {self.d_intermediate!r}")
         idx = self.attn_layer_idx
         if not isinstance(idx, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in idx) \
                 or len(set(idx)) != len(idx) or any(not 0 <= i < self.n_layer for i in idx):

@@ -77,6 +77,9 @@ def config_to_dict(cfg: MambaConfig) -> dict:
     if cfg.attn_layer_idx:
         raise ValueError("transformers MambaForCausalLM has no attention layers; this hybrid "
                          "(attn_layer_idx) cannot be exported to it")
+    if cfg.d_intermediate:
+        raise ValueError("transformers MambaForCausalLM has no MLP per block; this model "
+                         "(d_intermediate) cannot be exported to it")
     if not cfg.rms_norm:
         raise ValueError("transformers MambaForCausalLM always uses RMSNorm; this model uses "
                          "LayerNorm (rms_norm=False) and cannot be exported to it")

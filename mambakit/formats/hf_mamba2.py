@@ -78,7 +78,8 @@ def config_to_dict(cfg: Mamba2Config) -> dict:
     unsupported = [name for name, ok in (("rms_norm=False", cfg.rms_norm), ("rmsnorm=False", cfg.rmsnorm),
                                          ("norm_before_gate=True", not cfg.norm_before_gate),
                                          ("D_has_hdim=True", not cfg.D_has_hdim),
-                                         ("attention layers (attn_layer_idx)", not cfg.attn_layer_idx)) if not ok]
+                                         ("attention layers (attn_layer_idx)", not cfg.attn_layer_idx),
+                                         ("an MLP per block (d_intermediate)", not cfg.d_intermediate)) if not ok]
     if unsupported:
         raise ValueError(f"transformers Mamba2ForCausalLM has no equivalent of {', '.join(unsupported)}; "
                          f"this model cannot be exported to it")

@@ -14,7 +14,9 @@ Facts from state-spaces/mamba (models/config_mamba.py, models/mixer_seq_simple.p
 - Weights: torch.save(model.state_dict()) — backbone.embedding.weight,
   backbone.layers.{i}.mixer.{in_proj,conv1d,x_proj,dt_proj,out_proj}.*, .A_log, .D (Mamba2:
   in_proj, conv1d, dt_bias, A_log, D, norm.weight, out_proj),
-  backbone.layers.{i}.norm.weight, backbone.norm_f.weight, lm_head.weight (stored even when tied).
+  backbone.layers.{i}.norm.weight, with d_intermediate > 0 also backbone.layers.{i}.norm2.weight
+  and .mlp.fc1.weight / .mlp.fc2.weight (modules/mlp.py's GatedMLP, hidden width rounded up to a
+  multiple of 128), backbone.norm_f.weight, lm_head.weight (stored even when tied).
   mambakit's module names were chosen to match, so keys map one to one.
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ from mambakit.io.files import BIN_NAME, CheckpointError
 from mambakit.io.weights import export_state, write_model_dir
 
 TOP_FIELDS = ("d_model", "n_layer", "vocab_size", "rms_norm", "residual_in_fp32",
-              "pad_vocab_size_multiple", "tie_embeddings", "norm_epsilon", "attn_layer_idx", "attn_cfg")
+              "pad_vocab_size_multiple", "tie_embeddings", "norm_epsilon", "attn_layer_idx", "attn_cfg",
+              "d_intermediate")
 # ssm_cfg fields per mixer (ssm_cfg.layer): the Mamba / Mamba2 modules' constructor arguments.
 SSM_FIELDS = {
     "Mamba1": ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init_floor",
@@ -60,10 +63,7 @@ def mixer_layer(data: dict, source: str | Path = "config.json") -> str:
 def config_from_dict(data: dict, source: str | Path = "config.json") -> MambaConfig | Mamba2Config:
     layer = mixer_layer(data, source)
     ssm_cfg = data.get("ssm_cfg") or {}
-    if data.get("d_intermediate", 0):
-        raise CheckpointError(f"{source}: checkpoints with an MLP in every block (d_intermediate="
-                              f"{data['d_intermediate']}) are not supported")
-    unknown = sorted({k for k in data if k not in TOP_FIELDS + IGNORED_TOP + ("ssm_cfg", "d_intermediate")}
+    unknown = sorted({k for k in data if k not in TOP_FIELDS + IGNORED_TOP + ("ssm_cfg",)}
                      | {f"ssm_cfg.{k}" for k in ssm_cfg if k not in SSM_FIELDS[layer] + IGNORED_SSM})
     if unknown:
         raise CheckpointError(f"{source}: unknown mamba_ssm config field(s) {unknown}")
@@ -85,7 +85,7 @@ def config_to_dict(cfg: MambaConfig | Mamba2Config) -> dict:
         ssm_cfg["dt_limit"] = list(ssm_cfg["dt_limit"])
         ssm_cfg["A_init_range"] = list(ssm_cfg["A_init_range"])
     config = {k: ours[k] for k in TOP_FIELDS if k != "norm_epsilon"}
-    config.update(d_intermediate=0, ssm_cfg=ssm_cfg, fused_add_norm=True)
+    config.update(ssm_cfg=ssm_cfg, fused_add_norm=True)
     return config
 
 

@@ -27,18 +27,21 @@ MambaCache = RecurrentCache
 @torch.no_grad()
 def init_mamba_weights(model: MixerLM) -> None:
     """mamba_ssm's _init_weights (Mamba-1, Mamba-2 and their hybrids alike): zero linear biases
-    (except Δ's), N(0, 0.02) embeddings, and each mixer's out_proj rescaled by 1/sqrt(n_layer) so
-    the residual stream's variance stays bounded."""
+    (except Δ's), N(0, 0.02) embeddings, and each residual branch's last projection (the mixer's
+    out_proj, the MLP's fc2) rescaled by 1/sqrt(branches per layer · n_layer) so the residual
+    stream's variance stays bounded."""
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.bias is not None \
                 and not getattr(module.bias, "_no_reinit", False):
             nn.init.zeros_(module.bias)
     nn.init.normal_(model.backbone.embedding.weight, std=0.02)
+    branches = 2 if getattr(model.config, "d_intermediate", 0) else 1   # S6 stacks have no MLP field
     for layer in model.backbone.layers:
-        if layer.mixer.out_proj is not None:
-            w = layer.mixer.out_proj.weight
-            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            w /= math.sqrt(model.config.n_layer)
+        last = [layer.mixer.out_proj] + ([layer.mlp.fc2] if hasattr(layer, "mlp") else [])
+        for proj in last:
+            if proj is not None:
+                nn.init.kaiming_uniform_(proj.weight, a=math.sqrt(5))
+                proj.weight /= math.sqrt(branches * model.config.n_layer)
 
 
 class MambaLM(MixerLM):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from mambakit.models.base import LanguageModel
 from mambakit.modules.block import Block
+from mambakit.modules.mlp import GatedMLP
 from mambakit.modules.norm import make_norm
 
 
@@ -74,9 +75,14 @@ class MixerBackbone(nn.Module):
     def __init__(self, config, mixers: list[nn.Module]):
         super().__init__()
         self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
+        d_mlp = getattr(config, "d_intermediate", 0)   # mamba_ssm's MLP after each mixer
+
+        def norm():
+            return make_norm(config.d_model, config.norm_epsilon, config.rms_norm)
+
         self.layers = nn.ModuleList(
-            Block(mixer, make_norm(config.d_model, config.norm_epsilon, config.rms_norm),
-                  config.residual_in_fp32)
+            Block(mixer, norm(), config.residual_in_fp32,
+                  GatedMLP(config.d_model, d_mlp) if d_mlp else None, norm() if d_mlp else None)
             for mixer in mixers)
         self.norm_f = make_norm(config.d_model, config.norm_epsilon, config.rms_norm)
 

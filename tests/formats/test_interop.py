@@ -186,8 +186,8 @@ def test_mamba_ssm_config_typos_and_mlp_blocks_are_rejected(tmp_path):
     path.write_text(json.dumps({**cfg, "attn_layer_idx": [1]}))
     with pytest.raises(CheckpointError, match="attn_cfg must give num_heads for the attention layers"):
         MambaLM.from_pretrained(tmp_path / "ssm")
-    path.write_text(json.dumps({**cfg, "d_intermediate": 64}))
-    with pytest.raises(CheckpointError, match="MLP in every block"):
+    path.write_text(json.dumps({**cfg, "d_intermediate": 64}))   # an MLP per block, but no MLP weights
+    with pytest.raises(CheckpointError, match="mlp.fc1.weight"):
         MambaLM.from_pretrained(tmp_path / "ssm")
 
 

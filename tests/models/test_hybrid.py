@@ -152,3 +152,51 @@ def test_reset_is_refused_by_attention_layers():
     assert not model.supports_reset
     with pytest.raises(ValueError, match="reset .* not supported by attention layers"):
         model(torch.randint(0, 50, (1, 4)), reset=torch.tensor([[False, False, True, False]]))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_d_intermediate_mlp_matches_mamba_ssm_block_formula(family, tmp_path):
+    """mamba_ssm's Block with d_intermediate > 0, written out: h += mixer(norm(h)); h += fc2(y · SiLU(g))
+    with [y, g] = fc1(norm2(h)) (value first) and the hidden width rounded up to 128 — on every layer,
+    attention layers included; the checkpoint round-trips through mamba_ssm's format under its key
+    names, and transformers' formats (no MLP there) refuse it."""
+    from mambakit.modules.mlp import GatedMLP
+
+    model = hybrid(family, d_intermediate=40)
+    ids = torch.randint(0, 50, (2, 9))
+    layers = model.backbone.layers
+    assert all(isinstance(layer.mlp, GatedMLP) for layer in layers)
+    assert tuple(layers[0].mlp.fc1.weight.shape) == (256, 32) and tuple(layers[0].mlp.fc2.weight.shape) == (32, 128)
+    with torch.no_grad():
+        for layer in layers:                               # random norm weights: norm and norm2 must differ
+            layer.norm.weight.uniform_(0.5, 1.5)
+            layer.norm2.weight.uniform_(0.5, 1.5)
+
+        def rms(x, w):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+
+        h = model.backbone.embedding(ids).float()
+        for layer in layers:
+            h = h + layer.mixer(rms(h, layer.norm.weight))
+            y, g = (rms(h, layer.norm2.weight) @ layer.mlp.fc1.weight.T).chunk(2, -1)
+            h = h + (y * g * torch.sigmoid(g)) @ layer.mlp.fc2.weight.T
+        want = rms(h, model.backbone.norm_f.weight) @ model.lm_head.weight.T
+        torch.testing.assert_close(model(ids), want, atol=1e-5, rtol=1e-5)
+        # one token at a time through the same blocks
+        cache = model.allocate_cache(2)
+        stepped = torch.stack([model.step(ids[:, t], cache) for t in range(9)], 1)
+        torch.testing.assert_close(stepped, want, atol=1e-4, rtol=1e-4)
+
+    model.save_pretrained(tmp_path / "ssm", format="mamba_ssm")
+    assert json.loads((tmp_path / "ssm" / "config.json").read_text())["d_intermediate"] == 40
+    keys = torch.load(tmp_path / "ssm" / "pytorch_model.bin", weights_only=True)
+    assert {"backbone.layers.1.norm2.weight", "backbone.layers.1.mlp.fc1.weight",
+            "backbone.layers.1.mlp.fc2.weight"} <= set(keys)
+    back = load_model(tmp_path / "ssm")
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), model(ids), atol=1e-6, rtol=0)
+    plain = FAMILIES[family](d_intermediate=40)
+    with pytest.raises(ValueError, match="d_intermediate"):
+        plain.save_pretrained(tmp_path / "hf", format="transformers")
+    with pytest.raises(ValueError, match=r"d_intermediate must be an int >= 0"):
+        FAMILIES[family](d_intermediate=-1)

@@ -55,9 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from mambakit.models import build, load_model
 
     model = load_model(args.checkpoint) if args.checkpoint else build(args.model, args.preset)
-    parameters = model.num_parameters()   # counted before packing: int8 weights are buffers
     model = apply_precision(model, args)
-    result = {"model": type(model).__name__, "parameters": parameters,
+    result = {"model": type(model).__name__, "parameters": model.num_parameters(),
               "weights": getattr(model, "quantization", None) or "fp32",
               "prefill_length": args.prefill,
               "prefill_tokens_per_s": perf.prefill_tokens_per_s(model, args.prefill),

@@ -26,6 +26,7 @@ from mambakit.formats.checkpoint import read_checkpoint, save_model
 from mambakit.io.files import CONFIG_NAME, CheckpointError
 from mambakit.io.weights import load_state_into
 from mambakit.models.quantize import quantize
+from mambakit.modules.linear import PackedLinear
 from mambakit.ops.cross_entropy import linear_cross_entropy
 
 
@@ -112,9 +113,13 @@ class LanguageModel(nn.Module, abc.ABC):
         return self.config.vocab_size
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Weights counted once (tied ones once), the same before and after `quantize`: int8
+        weights are buffers (not trained) and count too; a quantized copy of a tied head does not."""
+        int8 = [(f"{name}.weight", m.weight) for name, m in self.named_modules()
+                if isinstance(m, PackedLinear) and m.fmt == "int8"]
         seen, total = set(), 0
-        for name, p in self.named_parameters():
-            if id(p) in seen or (exclude_embeddings and "embed" in name):
+        for name, p in [*self.named_parameters(), *int8]:
+            if id(p) in seen or (exclude_embeddings and "embed" in name) or getattr(p, "_tied_copy", False):
                 continue
             seen.add(id(p))
             total += p.numel()

@@ -10,6 +10,8 @@ A quantized model saves and loads like any other (config.json records "quantizat
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from torch import nn
 
 from mambakit.modules.linear import FORMATS, PackedLinear
@@ -27,9 +29,13 @@ def quantize(model: nn.Module, fmt: str = "int8") -> nn.Module:
         raise ValueError(f"model is already quantized to {model.quantization}; load it again to change")
     targets = [(name, module) for name, module in model.named_modules()
                if type(module) is nn.Linear and name.rpartition(".")[2] not in KEEP_FP32]
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for name, module in targets:
         owner, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(owner), leaf, PackedLinear.from_linear(module, fmt))
+        packed = PackedLinear.from_linear(module, fmt)
+        if uses[id(module.weight)] > 1 and packed.weight is not module.weight:
+            packed.weight._tied_copy = True      # a copy of a tied weight: num_parameters counts it once
+        setattr(model.get_submodule(owner), leaf, packed)
     model.quantization = fmt
     return model
 

@@ -101,3 +101,16 @@ def test_unknown_format_and_double_quantization_are_refused(trained):
         mambakit.quantize(model, "bf16")
     with pytest.raises(ValueError, match="saves only in the mambakit format"):
         model.save_pretrained("unused-dir", format="transformers")
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_num_parameters_is_the_same_in_every_format(tie, tmp_path):
+    """int8 weights are buffers and count; a quantized copy of a tied head counts once — also
+    after a save and a load."""
+    model = MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=50, d_state=8, tie_embeddings=tie))
+    expected = sum(p.numel() for p in model.parameters())
+    for fmt in ("fp32", "bf16", "int8"):
+        quantized = mambakit.quantize(copy.deepcopy(model), fmt)
+        assert quantized.num_parameters() == expected, fmt
+        quantized.save_pretrained(tmp_path / fmt)
+        assert MambaLM.from_pretrained(tmp_path / fmt).num_parameters() == expected, fmt

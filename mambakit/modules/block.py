@@ -32,7 +32,12 @@ class Block(nn.Module):
         return self._mlp(self._add(x, self.mixer(self.norm(x).to(self.mixer_dtype), *args, **kwargs)))
 
     def step(self, x: Tensor, state) -> Tensor:
-        return self._mlp(self._add(x, self.mixer.step(self.norm(x).to(self.mixer_dtype), state)))
+        # A mixer may do its residual step in one fused call (MambaMixer on CPU); None: not here.
+        fused = getattr(self.mixer, "fused_block_step", None)
+        out = None if fused is None else fused(x, self.norm, state)
+        if out is None:
+            out = self._add(x, self.mixer.step(self.norm(x).to(self.mixer_dtype), state))
+        return self._mlp(out)
 
     @property
     def mixer_dtype(self) -> torch.dtype:

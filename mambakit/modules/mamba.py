@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambakit.config import MambaConfig
+from mambakit.modules.linear import PackedLinear
+from mambakit.modules.norm import RMSNorm
 from mambakit.ops import causal_conv1d, causal_conv1d_step, selective_scan, selective_state_update
+from mambakit.ops.block_step_cpu import MambaBlockStep
+from mambakit.ops.cpu_kernels import available as step_kernels_available
+from mambakit.ops.step_cpu import MAX_GEMV_ROWS
 
 
 @dataclass
@@ -133,6 +138,42 @@ class MambaMixer(nn.Module):
             state.ssm, x, dt, -torch.exp(self.A_log.float()), x_dbl[:, r:r + n], x_dbl[:, r + n:],
             self.D, z=xz[:, d_in:], dt_bias=self.dt_proj.bias, dt_softplus=True, backend=backend)
         return self.out_proj(y)
+
+    def fused_block_step(self, residual: Tensor, norm: nn.Module, state: MambaState) -> Optional[Tensor]:
+        """Block.step (residual + step(norm(residual))) in one compiled call, updating `state`,
+        when it applies: the CPU kernels, no autograd, an RMSNorm, fp32 residual and states, at most
+        MAX_GEMV_ROWS rows, fp32 parameters but the projections' weights (any `ops.linear` format).
+        Otherwise None, and Block.step runs the unfused ops (the twin; tests compare them)."""
+        if (torch.is_grad_enabled() or self.step_backend == "ref" or residual.device.type != "cpu"
+                or residual.dtype != torch.float32 or not 1 <= residual.shape[0] <= MAX_GEMV_ROWS
+                or state.conv.dtype != torch.float32 or not isinstance(norm, RMSNorm)):
+            return None
+        fused = self._fused_for(norm)
+        if fused is None:
+            return None
+        residual, state.conv, state.ssm = fused(residual.contiguous(), state.conv.contiguous(),
+                                                state.ssm.contiguous(), torch.get_num_threads())
+        return residual
+
+    def _fused_for(self, norm: RMSNorm) -> Optional[MambaBlockStep]:
+        """The MambaBlockStep of the current weights (rebuilt when a tensor or A_log changed), or
+        None when this block's parameters or the machine rule it out."""
+        projections = [(m.weight, getattr(m, "scale", None), m.bias) for m in (self.in_proj, self.x_proj, self.out_proj)]
+        tensors = [norm.weight, self.conv1d.weight, self.conv1d.bias, self.dt_proj.weight, self.dt_proj.bias,
+                   self.A_log, self.D, *(t for p in projections for t in p)]
+        key = (norm.eps, self.A_log._version, *(None if t is None else t.data_ptr() for t in tensors))
+        if getattr(self, "_fused", (None,))[0] != key:
+            fused = None
+            if step_kernels_available(self.A_log.device) is None and all(
+                    isinstance(m, (nn.Linear, PackedLinear)) for m in (self.in_proj, self.x_proj, self.out_proj)):
+                try:
+                    fused = MambaBlockStep(norm.weight, norm.eps, projections[0], self.conv1d.weight[:, 0, :],
+                                           self.conv1d.bias, projections[1], self.dt_proj.weight, self.dt_proj.bias,
+                                           -torch.exp(self.A_log.detach().float()), self.D, projections[2])
+                except ValueError:
+                    fused = None       # e.g. bf16 norms or conv (model.to(bfloat16)): the unfused ops
+            self._fused = (key, fused)
+        return self._fused[1]
 
     @property
     def step_backend(self) -> str:

@@ -11,7 +11,8 @@ hash no longer matches (a truncated copy, a disk error) is rebuilt, never loaded
 missing or compilation fails, `available()` says why and the ops' "auto" falls back to "ref".
 
 Leaves on top of this module: scan_cpu.py (selective scan fwd/bwd), step_cpu.py (one-token decode
-step and Mamba-2's SSD step, the matrix-vector products of decoding). A new kernel is a csrc/ file
+step and Mamba-2's SSD step, the matrix-vector products of decoding), block_step_cpu.py (a whole
+Mamba block's decode step in one call). A new kernel is a csrc/ file
 plus its entry in `_SIGNATURES`. `build_for` compiles for another target (AVX2-only, no SIMD) so
 tests reach the portable fallbacks of the intrinsics code on an AVX-512 machine.
 """
@@ -33,7 +34,7 @@ from torch import Tensor
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp", CSRC / "ssd_step.cpp",
-           CSRC / "gemv.cpp"]  # linked into one library
+           CSRC / "gemv.cpp", CSRC / "mamba_block_step.cpp"]  # linked into one library
 HEADERS = [CSRC / "fastmath.h"]
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]  # plus -march: native unless a test asks
 
@@ -46,6 +47,18 @@ class ScanArgs(ctypes.Structure):
         "dout", "dlast", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dh0")] + \
         [(name, ctypes.c_int64) for name in ("b", "d", "l", "n", "g", "chunk")] + \
         [("softplus", ctypes.c_int32), ("threads", ctypes.c_int32)]
+
+
+class MambaBlockArgs(ctypes.Structure):
+    """Mirror of `struct MambaBlockArgs` in mamba_block_step.cpp (order and types must match)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "residual", "norm_w", "residual_out", "in_w", "xp_w", "out_w", "in_scale", "xp_scale", "out_scale",
+        "in_bias", "xp_bias", "out_bias", "conv_w", "conv_b", "dt_w", "dt_b", "A", "D",
+        "conv_state", "ssm_state", "conv_state_out", "ssm_state_out")] + \
+        [(name, ctypes.c_int64) for name in ("b", "d_model", "d_inner", "d_state", "dt_rank", "d_conv")] + \
+        [("eps", ctypes.c_float)] + \
+        [(name, ctypes.c_int32) for name in ("in_format", "xp_format", "out_format", "threads")]
 
 
 _P, _I, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
@@ -67,6 +80,7 @@ _SIGNATURES = {
     # x, x_stride, w, scale, bias, y, y_stride, m, n, k, threads
     **{f"mk_gemv_{w}": [_P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32] for w in ("f32", "bf16", "i8")},
     "mk_gemv_arithmetic": [],
+    "mk_mamba_block_step_f32": [ctypes.POINTER(MambaBlockArgs)],
 }
 _RESTYPES = {"mk_gemv_arithmetic": ctypes.c_int32}  # every other symbol returns void
 

@@ -1,0 +1,102 @@
+"""A whole Mamba block's decode step in one compiled call (csrc/mamba_block_step.cpp):
+
+    residual (b, d_model) fp32 -> residual + MambaMixer.step(RMSNorm(residual)), new conv state
+    (b, d_inner, d_conv - 1) and new SSM state (b, d_inner, d_state), the old ones left untouched
+
+Why: a 130M decode step streams its weights in ~10 ms, and the eager block step spends a few ms
+more on ~15 small torch ops and 5 kernel calls per layer around them. Its twin is the unfused
+Block.step (the norm, the mixer's step ops, the residual add); tests compare them.
+
+`MambaBlockStep` checks a block's tensors once and keeps the argument struct, so each call only
+checks the step's inputs, writes five pointers and runs the kernel. Weights in any format of
+`ops.linear` (fp32, bf16, int8 with per-row scales), through the same GEMV kernels.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from mambakit.ops.cpu_kernels import MambaBlockArgs, library, ptr
+from mambakit.ops.step_cpu import MAX_GEMV_ROWS
+
+_F32 = torch.float32
+FORMATS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}   # as mamba_block_step.cpp's *_format
+
+# (weight (n, k), scale (n,) or None, bias (n,) or None) of one projection
+Projection = tuple[Tensor, Optional[Tensor], Optional[Tensor]]
+
+
+class MambaBlockStep:
+    """The fused step of one block, for fixed weights (the tensors are read at each call, so
+    in-place updates of their values are seen; replacing a tensor needs a new MambaBlockStep).
+
+    norm_weight (d_model,), in_proj (2 d_inner, d_model), conv_weight (d_inner, d_conv),
+    conv_bias (d_inner,) or None, x_proj (dt_rank + 2 d_state, d_inner), dt_weight
+    (d_inner, dt_rank), dt_bias (d_inner,), A (d_inner, d_state), D (d_inner,),
+    out_proj (d_model, d_inner); everything fp32 but the projections' weights.
+    """
+
+    def __init__(self, norm_weight: Tensor, eps: float, in_proj: Projection, conv_weight: Tensor,
+                 conv_bias: Optional[Tensor], x_proj: Projection, dt_weight: Tensor, dt_bias: Tensor,
+                 A: Tensor, D: Tensor, out_proj: Projection):
+        d_inner, d_conv = conv_weight.shape
+        d_model, d_state, dt_rank = norm_weight.shape[0], A.shape[1], dt_weight.shape[1]
+        self.shape = dict(d_model=d_model, d_inner=d_inner, d_state=d_state, dt_rank=dt_rank, d_conv=d_conv)
+        f32 = dict(norm_weight=(norm_weight, (d_model,)), conv_weight=(conv_weight, (d_inner, d_conv)),
+                   conv_bias=(conv_bias, (d_inner,)), dt_weight=(dt_weight, (d_inner, dt_rank)),
+                   dt_bias=(dt_bias, (d_inner,)), A=(A, (d_inner, d_state)), D=(D, (d_inner,)))
+        for name, (t, shape) in f32.items():
+            _check(name, t, shape, (_F32,))
+        projections = dict(in_proj=(in_proj, (2 * d_inner, d_model)),
+                           x_proj=(x_proj, (dt_rank + 2 * d_state, d_inner)), out_proj=(out_proj, (d_model, d_inner)))
+        for name, ((w, scale, bias), shape) in projections.items():
+            _check(f"{name}.weight", w, shape, tuple(FORMATS))
+            _check(f"{name}.scale", scale, shape[:1], (_F32,))
+            _check(f"{name}.bias", bias, shape[:1], (_F32,))
+            if (w.dtype == torch.int8) != (scale is not None):
+                raise ValueError(f"mamba block step: {name} needs a scale exactly when its weight is int8")
+        self._keep = [t for t, _ in f32.values()] + [t for p, _ in projections.values() for t in p]
+        a = self.args = MambaBlockArgs()
+        for field, t in (("norm_w", norm_weight), ("conv_w", conv_weight), ("conv_b", conv_bias),
+                         ("dt_w", dt_weight), ("dt_b", dt_bias), ("A", A), ("D", D)):
+            setattr(a, field, ptr(t))
+        for prefix, (w, scale, bias) in (("in", in_proj), ("xp", x_proj), ("out", out_proj)):
+            setattr(a, f"{prefix}_w", ptr(w))
+            setattr(a, f"{prefix}_scale", ptr(scale))
+            setattr(a, f"{prefix}_bias", ptr(bias))
+            setattr(a, f"{prefix}_format", FORMATS[w.dtype])
+        for field, value in self.shape.items():
+            setattr(a, field, value)
+        a.eps = eps
+
+    def __call__(self, residual: Tensor, conv_state: Tensor, ssm_state: Tensor,
+                 threads: int) -> tuple[Tensor, Tensor, Tensor]:
+        """residual (b, d_model), conv_state (b, d_inner, d_conv - 1), ssm_state (b, d_inner,
+        d_state), all fp32 and contiguous, b <= MAX_GEMV_ROWS -> (new residual, new states)."""
+        s = self.shape
+        b = residual.shape[0] if residual.dim() == 2 else -1
+        if not 1 <= b <= MAX_GEMV_ROWS:
+            raise ValueError(f"mamba block step: residual must be (b, {s['d_model']}) with 1 <= b <= "
+                             f"{MAX_GEMV_ROWS}, got {tuple(residual.shape)}")
+        _check("residual", residual, (b, s["d_model"]), (_F32,))
+        _check("conv_state", conv_state, (b, s["d_inner"], s["d_conv"] - 1), (_F32,))
+        _check("ssm_state", ssm_state, (b, s["d_inner"], s["d_state"]), (_F32,))
+        out, conv_out, ssm_out = torch.empty_like(residual), torch.empty_like(conv_state), torch.empty_like(ssm_state)
+        a = self.args
+        a.residual, a.residual_out, a.b, a.threads = residual.data_ptr(), out.data_ptr(), b, threads
+        a.conv_state, a.conv_state_out = conv_state.data_ptr(), conv_out.data_ptr()
+        a.ssm_state, a.ssm_state_out = ssm_state.data_ptr(), ssm_out.data_ptr()
+        library().mk_mamba_block_step_f32(ctypes.byref(a))
+        return out, conv_out, ssm_out
+
+
+def _check(name: str, t: Optional[Tensor], shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
+    """What the kernel indexes by: `t` (None allowed) is a contiguous CPU tensor of `shape` and one of `dtypes`."""
+    if t is None:
+        return
+    if tuple(t.shape) != tuple(shape) or t.dtype not in dtypes or t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError(f"mamba block step: {name} must be a contiguous CPU {tuple(shape)} tensor of "
+                         f"{[str(d) for d in dtypes]}, got {tuple(t.shape)} {t.dtype} on {t.device}")

@@ -113,7 +113,7 @@ class ChunkScan(torch.autograd.Function):
         L, to_end, into, through = _decays(cum, seg)
         Bc, Cc = (t.reshape(b, c, Q, g, n).transpose(2, 3) for t in (B, C))     # (b, c, g, Q, n)
         X = xdt.view(b, c, Q, g, hg, p)
-        dY = dy.view(b, c, Q, g, hg, p)
+        dY = dy.reshape(b, c, Q, g, hg, p)                                      # (autograd may hand a strided dy)
 
         # 4. Y_off = into ∘ (C H): gradients for C, into and (all chunks at once) H.
         dYi = (dY * into[..., None]).view(b, c, Q, g, hg * p).transpose(2, 3)   # (b, c, g, Q, hg·p)

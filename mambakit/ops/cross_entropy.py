@@ -60,14 +60,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(probs, w32, out=grad_h[rows])                # (c, d)
                     grad_w.addmm_(probs.T, h32[rows])                     # (V, d)
             loss = total / count
-        if keep_grads:
-            ctx.save_for_backward(grad_h.to(h.dtype), grad_w.to(weight.dtype))
+        # Kept on ctx (not save_for_backward: they are neither inputs nor outputs) so that the
+        # backward can scale them in place and hand them on: no second (V, d) buffer at the
+        # start of the backward pass, where a training step's memory peaks.
+        ctx.grads = (grad_h.to(h.dtype), grad_w.to(weight.dtype)) if keep_grads else None
         return loss
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy's backward ran twice (retain_graph is not supported)")
+        grads, ctx.grads = ctx.grads, None
+        if not bool(grad_loss == 1):  # d(mean)/d(loss) is 1 unless the loss was scaled
+            for g in grads:
+                g.mul_(grad_loss.to(g.dtype))
+        return grads[0], grads[1], None, None, None
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX,

@@ -72,6 +72,14 @@ def test_a_model_forward_with_targets_equals_cross_entropy_of_its_logits():
         torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_a_second_backward_is_refused_not_wrong():
+    h = torch.randn(6, 4, requires_grad=True)
+    loss = linear_cross_entropy(h, torch.randn(9, 4), torch.randint(0, 9, (6,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
 def test_bad_targets_are_refused():
     h, w = torch.randn(4, 3), torch.randn(5, 3)
     with pytest.raises(ValueError, match="out of range"):

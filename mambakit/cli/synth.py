@@ -18,9 +18,17 @@ TASK_CHOICES = ("selective-copying", "induction-heads", "mqar", "table1", "mqar-
 FIELDS = {"d_model": "d_model", "n_layer": "n_layer", "budget_params": "budget_params",
           "vocab_size": "vocab_size", "num_tokens": "num_tokens", "seq_len": "seq_len", "steps": "steps",
           "batch_size": "batch_size", "lr": "lr", "warmup": "warmup_steps", "weight_decay": "weight_decay",
-          "loss_on": "loss_on", "time_budget": "time_budget", "checkpoint_every": "checkpoint_every",
+          "loss_on": "loss_on", "then": "then", "time_budget": "time_budget", "checkpoint_every": "checkpoint_every",
           "eval_lengths": "eval_lengths", "eval_samples": "eval_samples", "eval_batch_size": "eval_batch_size",
           "eval_chunk": "eval_chunk", "eval_max_tokens": "eval_max_tokens", "seed": "seed", "device": "device"}
+
+
+def stage_arg(text: str) -> tuple[int, int]:
+    """"8192:200" -> (8192, 200): a training stage's length and steps."""
+    length, sep, steps = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected LENGTH:STEPS, got {text!r}")
+    return positive_int(length), positive_int(steps)
 
 
 def threads_arg(text: str) -> int | str:
@@ -57,6 +65,9 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-decay", type=non_negative_float, help="AdamW weight decay (default: 0)")
     p.add_argument("--loss-on", choices=["answers", "all"],
                    help="loss on the scored answers only (default) or on the next token everywhere")
+    p.add_argument("--then", type=stage_arg, nargs="+", metavar="LENGTH:STEPS",
+                   help="after --steps at --seq-len, train STEPS more at each longer LENGTH (batches of about "
+                        "the same number of tokens), e.g. --then 2048:100 8192:200")
     p.add_argument("--time-budget", type=finite_float, metavar="SECONDS",
                    help="stop each run's training after this long, then evaluate")
     p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default: 500)")
@@ -153,7 +164,7 @@ def _runs(args, out, progress) -> int:
     for model in args.model or [base.model]:
         cfg = dataclasses.replace(base, model=model, checkpoint_dir=None if out is None else
                                   str(out / "checkpoints" / f"{args.task}-{model}"))
-        result = run_synth(cfg, progress(f"{cfg.task} {model}", cfg.steps))
+        result = run_synth(cfg, progress(f"{cfg.task} {model}", cfg.total_steps))
         results.append(result)
         if out is not None:
             _report(out, f"{args.task}-{model}", result)
@@ -176,7 +187,7 @@ def _table1(args, out, progress) -> int:
     if args.model:
         raise ValueError("table1 fixes its rows' models; drop --model")
     base = base_config(args, "selective-copying")
-    table = run_table1(base, lambda row, cfg: progress(f"table1 {row}", cfg.steps))
+    table = run_table1(base, lambda row, cfg: progress(f"table1 {row}", cfg.total_steps))
     if out is not None:
         for r in table["rows"]:
             _report(out, f"table1-{r['model']}", r["result"])
@@ -204,7 +215,7 @@ def _mqar_sweep(args, out, progress) -> int:
     models = args.model or [m for m in ("mamba", "transformer", "s4d", "gru", "mamba2") if m in REGISTRY]
     base = base_config(args, "mqar")
     sweep = run_mqar_sweep(base, models, args.widths, args.lengths,
-                           on_point=lambda cfg: progress(f"mqar {cfg.model} d{cfg.d_model} L{cfg.seq_len}", cfg.steps))
+                           on_point=lambda cfg: progress(f"mqar {cfg.model} d{cfg.d_model} L{cfg.seq_len}", cfg.total_steps))
     if out is not None:
         atomic_write_text(out / "mqar-sweep.json", json.dumps(sweep, indent=2) + "\n")
         plot_mqar_sweep(sweep["points"], out / "mqar-sweep.png")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ PAPER_RECIPES: dict[str, dict[str, Any]] = {
 # time budget and device may change).
 TRAINING_FIELDS = ("task", "model", "d_model", "n_layer", "budget_params", "model_fields", "vocab_size",
                    "num_tokens", "seq_len", "batch_size", "lr", "warmup_steps", "min_lr_ratio",
-                   "weight_decay", "grad_clip", "loss_on", "seed")
+                   "weight_decay", "grad_clip", "loss_on", "then", "seed")
 # SynthConfig fields that size the model; model_fields may not restate them.
 _SIZE_FIELDS = ("d_model", "n_layer", "vocab_size")
 LOSS_ON = ("answers", "all")
@@ -101,6 +102,10 @@ class SynthConfig:
     weight_decay: float = 0.0           # fresh data every step: nothing to overfit, nothing to decay
     grad_clip: float = 1.0
     loss_on: str = "answers"            # "answers": scored positions only; "all": next token everywhere
+    # after `steps` at seq_len, (length, steps) stages at longer lengths, each batch holding about as
+    # many tokens as batch_size x seq_len (at least one sequence): a model whose memory is good
+    # enough at seq_len gets no pressure to keep it for longer, and these stages supply it
+    then: tuple[tuple[int, int], ...] = ()
     time_budget: Optional[float] = None     # seconds of training; stops early, evaluates what it has
     checkpoint_dir: Optional[str] = None    # resumable: checkpoints here, continues from the latest
     checkpoint_every: int = 500
@@ -143,6 +148,11 @@ class SynthConfig:
         clash = sorted(set(self.model_fields) & set(_SIZE_FIELDS))
         if clash:
             raise ValueError(f"model_fields may not set {clash}: use the SynthConfig fields of the same name")
+        self.then = tuple((int(length), int(steps)) for length, steps in self.then)
+        for length, steps in self.then:
+            require_int("SynthConfig.then length", length, 1)
+            require_int("SynthConfig.then steps", steps, 1)
+            TASKS[self.task].check_length(self, length)
         if self.eval_lengths is None:
             self.eval_lengths = (2 * self.seq_len, 4 * self.seq_len)
         self.eval_lengths = tuple(self.eval_lengths)
@@ -160,6 +170,22 @@ class SynthConfig:
     def lengths(self) -> tuple[int, ...]:
         """Every evaluated length, the training length first, each once."""
         return tuple(dict.fromkeys((self.seq_len, *self.eval_lengths)))
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps in all: `steps` at seq_len, then every `then` stage's."""
+        return self.steps + sum(steps for _, steps in self.then)
+
+    def batch_shape(self, step: int) -> tuple[int, int]:
+        """(batch size, length) of training step `step` (0-based)."""
+        done = self.steps
+        if step < done:
+            return self.batch_size, self.seq_len
+        for length, steps in self.then:
+            done += steps
+            if step < done:
+                return max(1, self.batch_size * self.seq_len // length), length
+        raise ValueError(f"step {step} is past the run's {self.total_steps} steps")
 
     @property
     def resolved_eval_batch_size(self) -> int:
@@ -232,8 +258,10 @@ def _resume(cfg: SynthConfig, model: LanguageModel, optimizer, state: TrainState
     if latest is None:
         return
     saved = load_checkpoint(latest, model, optimizer, model)
-    mine, theirs = dataclasses.asdict(cfg), saved.get("synth_config", {})
-    differ = sorted(k for k in TRAINING_FIELDS if mine[k] != theirs.get(k))
+    # as JSON (tuples read back as lists); a field newer than the checkpoint has its default there
+    mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    theirs = {**json.loads(json.dumps(dataclasses.asdict(SynthConfig(task=cfg.task)))), **saved.get("synth_config", {})}
+    differ = sorted(k for k in TRAINING_FIELDS if mine[k] != theirs[k])
     if differ:
         raise ValueError(f"{latest} is a run with other settings ({', '.join(differ)}); "
                          f"use another checkpoint folder")
@@ -242,11 +270,12 @@ def _resume(cfg: SynthConfig, model: LanguageModel, optimizer, state: TrainState
 
 def train_synth(model: LanguageModel, cfg: SynthConfig,
                 on_progress: Optional[Callable[[int, int, float], None]] = None) -> TrainState:
-    """AdamW with warmup + cosine (or constant) on fresh batches until cfg.steps or cfg.time_budget;
+    """AdamW with warmup + cosine (or constant) on fresh batches until cfg.total_steps or cfg.time_budget;
     calls on_progress(step, steps, loss) after each step. Returns the run's TrainState."""
     limit = length_limit(model)
-    if limit is not None and cfg.seq_len > limit:
-        raise ValueError(f"seq_len {cfg.seq_len} is past the model's max_seq_len {limit}")
+    longest = max([cfg.seq_len] + [length for length, _ in cfg.then])
+    if limit is not None and longest > limit:
+        raise ValueError(f"training length {longest} is past the model's max_seq_len {limit}")
     device = model.device
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     state = TrainState(0, [], 0.0, seeded(cfg.seed))
@@ -255,12 +284,13 @@ def train_synth(model: LanguageModel, cfg: SynthConfig,
     model.train()
     started = time.perf_counter() - state.seconds
     try:
-        while state.step < cfg.steps:
+        total = cfg.total_steps
+        while state.step < total:
             if cfg.time_budget is not None and time.perf_counter() - started >= cfg.time_budget:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(state.step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-            inputs, targets = cfg.sample(cfg.batch_size, cfg.seq_len, state.generator)
+                group["lr"] = lr_at(state.step, cfg.lr, cfg.warmup_steps, total, cfg.min_lr_ratio)
+            inputs, targets = cfg.sample(*cfg.batch_shape(state.step), state.generator)
             labels = loss_targets(inputs, targets, cfg.loss_on)
             logits = task_logits(model, inputs.to(device), cfg.vocab_size)              # (b, l, v)
             loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), labels.to(device).reshape(-1),
@@ -276,7 +306,7 @@ def train_synth(model: LanguageModel, cfg: SynthConfig,
             state.losses.append(value)
             state.seconds = time.perf_counter() - started
             if on_progress is not None:
-                on_progress(state.step, cfg.steps, value)
+                on_progress(state.step, total, value)
             if cfg.checkpoint_dir is not None and state.step % cfg.checkpoint_every == 0:
                 _checkpoint(cfg, model, optimizer, state)
     finally:           # also on Ctrl-C: the run continues from here next time
@@ -301,6 +331,6 @@ def run_synth(cfg: SynthConfig, on_progress: Optional[Callable[[int, int, float]
             on_eval(evals[-1])
     return {"task": cfg.task, "model": cfg.model, "parameters": model.num_parameters(),
             "config": dataclasses.asdict(cfg), "chance": cfg.chance,
-            "steps_done": state.step, "stopped_early": state.step < cfg.steps,
+            "steps_done": state.step, "stopped_early": state.step < cfg.total_steps,
             "final_loss": sum(tail) / len(tail) if tail else None, "train_seconds": state.seconds,
             "eval_seconds": time.perf_counter() - start, "losses": losses, "eval": evals}

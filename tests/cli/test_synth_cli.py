@@ -7,12 +7,13 @@ from tests.cli.test_cli import mambakit
 def test_synth_json_and_out(tmp_path):
     r = mambakit("synth", "induction-heads", "--model", "mamba", "--d-model", "16", "--n-layer", "1",
                  "--vocab-size", "6", "--seq-len", "16", "--steps", "3", "--batch-size", "4",
-                 "--eval-lengths", "32", "48", "--eval-samples", "8", "--device", "cpu",
+                 "--eval-lengths", "32", "48", "--eval-samples", "8", "--device", "cpu", "--then", "24:2",
                  "--out", str(tmp_path), "--json", "--no-progress")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["task"] == "induction-heads" and result["model"] == "mamba" and result["parameters"] > 0
-    assert result["config"]["steps"] == 3 and result["chance"] == 0.2
+    assert result["config"]["steps"] == 3 and result["config"]["then"] == [[24, 2]] and result["steps_done"] == 5
+    assert result["chance"] == 0.2
     assert [e["seq_len"] for e in result["eval"]] == [16, 32, 48]
     assert all(e["applicable"] and 0 <= e["token_accuracy"] <= 1 for e in result["eval"])
     written = json.loads((tmp_path / "induction-heads-mamba.json").read_text())

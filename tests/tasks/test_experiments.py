@@ -1,6 +1,7 @@
 """The papers' experiments: MQAR against Zoology's definition, chunked evaluation == one forward,
 resumable and time-bounded runs, the paper recipe, thread fallback."""
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -111,3 +112,29 @@ def test_auto_threads_falls_back_to_one_on_a_busy_machine(monkeypatch):
     monkeypatch.setattr(threads, "machine_busy", lambda: False)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert threads.auto_threads() == torch.get_num_threads()
+
+
+def test_then_stages_train_longer_sequences_with_the_same_tokens_per_batch(monkeypatch):
+    cfg = SynthConfig(**{**TINY, "then": ((24, 2), (48, 1))})
+    assert cfg.total_steps == 9
+    assert [cfg.batch_shape(s) for s in (0, 5, 6, 7, 8)] == [(4, 12)] * 2 + [(2, 24)] * 2 + [(1, 48)]
+    shapes = []
+    sample = SynthConfig.sample
+    monkeypatch.setattr(SynthConfig, "sample", lambda self, b, l, g: shapes.append((b, l)) or sample(self, b, l, g))
+    result = run_synth(dataclasses.replace(cfg, eval_lengths=()))
+    assert result["steps_done"] == 9 and not result["stopped_early"]
+    assert shapes[:9] == [(4, 12)] * 6 + [(2, 24)] * 2 + [(1, 48)]          # then the evaluation batches
+    with pytest.raises(ValueError, match="seq_len"):
+        SynthConfig(**{**TINY, "then": ((2, 5),)})                              # too short for the task
+
+
+def test_resume_refuses_other_stages_and_reads_checkpoints_from_before_stages(tmp_path):
+    cfg = SynthConfig(**{**TINY, "steps": 2, "checkpoint_dir": str(tmp_path)})
+    run_synth(cfg)
+    state = tmp_path / "latest"
+    saved = json.loads((tmp_path / state.read_text().strip() / "trainer_state.json").read_text())
+    saved["synth_config"].pop("then")                   # as written before the field existed
+    (tmp_path / state.read_text().strip() / "trainer_state.json").write_text(json.dumps(saved))
+    assert run_synth(cfg)["steps_done"] == 2                                    # same run: nothing to do
+    with pytest.raises(ValueError, match="other settings.*then"):
+        run_synth(dataclasses.replace(cfg, then=((24, 1),)))

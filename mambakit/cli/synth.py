@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
     p.add_argument("--n-layer", type=positive_int, help="layers (default: 2, as in the paper)")
     p.add_argument("--budget-params", type=positive_int, help="size d_model to about this many parameters")
     p.add_argument("--model-field", action="append", default=[], metavar="KEY=VALUE",
-                   help="another model config field, e.g. d_state=8 or positions=learned (repeatable)")
+                   help="another model config field, e.g. d_state=8 or positions=learned, or for one model of "
+                        "several: transformer:n_head=4 (repeatable)")
     p.add_argument("--vocab-size", type=positive_int, help="token ids, special ones included (default: 16; mqar 1024)")
     p.add_argument("--num-tokens", type=positive_int,
                    help="selective copying: data tokens (default: 16); mqar: key-value pairs (default: 8)")
@@ -90,19 +91,31 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_model_fields(items: list[str]) -> dict:
-    """["d_state=8", "positions=learned"] -> {"d_state": 8, "positions": "learned"} (JSON values,
-    else strings); the model config itself rejects unknown keys and bad values."""
-    fields = {}
+def parse_model_fields(items: list[str]) -> tuple[dict, dict[str, dict]]:
+    """["d_state=8", "transformer:n_head=4"] -> ({"d_state": 8}, {"transformer": {"n_head": 4}}):
+    fields for every model, and fields for one model (MODEL:KEY=VALUE); JSON values, else strings.
+    The model config itself rejects unknown keys and bad values."""
+    shared, per_model = {}, {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-field {item!r}: expected KEY=VALUE")
+        model, colon, name = key.rpartition(":")
+        if not sep or not name or (colon and not model):
+            raise ValueError(f"--model-field {item!r}: expected KEY=VALUE or MODEL:KEY=VALUE")
         try:
-            fields[key] = json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            fields[key] = text
-    return fields
+            value = text
+        (per_model.setdefault(model, {}) if colon else shared)[name] = value
+    return shared, per_model
+
+
+def fields_for(args: argparse.Namespace, models: list[str]) -> dict[str, dict]:
+    """Each model's own --model-field MODEL:KEY=VALUE settings; a MODEL not in the run is an error."""
+    per_model = parse_model_fields(args.model_field)[1]
+    stray = sorted(set(per_model) - set(models))
+    if stray:
+        raise ValueError(f"--model-field names {stray}, which this run does not train (models: {models})")
+    return per_model
 
 
 def base_config(args: argparse.Namespace, task: str):
@@ -113,7 +126,7 @@ def base_config(args: argparse.Namespace, task: str):
         given["min_lr_ratio"] = 1.0
     if args.out:
         given["checkpoint_dir"] = str(Path(args.out) / "checkpoints")
-    fields = parse_model_fields(args.model_field)
+    fields = parse_model_fields(args.model_field)[0]
     if args.paper:
         return SynthConfig.paper(task, model_fields=fields, **given)
     return SynthConfig(task=task, model_fields=fields, **given)
@@ -160,9 +173,12 @@ def _runs(args, out, progress) -> int:
     from mambakit.tasks import run_synth
 
     base = base_config(args, args.task)
+    models = args.model or [base.model]
+    per_model = fields_for(args, models)
     results = []
-    for model in args.model or [base.model]:
-        cfg = dataclasses.replace(base, model=model, checkpoint_dir=None if out is None else
+    for model in models:
+        cfg = dataclasses.replace(base, model=model, model_fields={**base.model_fields, **per_model.get(model, {})},
+                                  checkpoint_dir=None if out is None else
                                   str(out / "checkpoints" / f"{args.task}-{model}"))
         result = run_synth(cfg, progress(f"{cfg.task} {model}", cfg.total_steps))
         results.append(result)
@@ -187,6 +203,7 @@ def _table1(args, out, progress) -> int:
     if args.model:
         raise ValueError("table1 fixes its rows' models; drop --model")
     base = base_config(args, "selective-copying")
+    fields_for(args, [])                    # no per-model fields: table1's rows fix their models
     table = run_table1(base, lambda row, cfg: progress(f"table1 {row}", cfg.total_steps))
     if out is not None:
         for r in table["rows"]:
@@ -214,7 +231,7 @@ def _mqar_sweep(args, out, progress) -> int:
 
     models = args.model or [m for m in ("mamba", "transformer", "s4d", "gru", "mamba2") if m in REGISTRY]
     base = base_config(args, "mqar")
-    sweep = run_mqar_sweep(base, models, args.widths, args.lengths,
+    sweep = run_mqar_sweep(base, models, args.widths, args.lengths, fields_for(args, models),
                            on_point=lambda cfg: progress(f"mqar {cfg.model} d{cfg.d_model} L{cfg.seq_len}", cfg.total_steps))
     if out is not None:
         atomic_write_text(out / "mqar-sweep.json", json.dumps(sweep, indent=2) + "\n")

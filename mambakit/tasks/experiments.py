@@ -47,10 +47,12 @@ def run_table1(base: SynthConfig, on_row: Optional[Callable[[str, SynthConfig], 
 
 
 def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], lengths: list[int],
+                   model_fields: Optional[dict[str, dict]] = None,
                    kv_pairs: Optional[Callable[[int], int]] = None,
                    on_point: Optional[Callable[[SynthConfig], Callable]] = None) -> dict:
     """Zoology's figure 2: every model × width × sequence length on MQAR, evaluated at its training
-    length. `kv_pairs(seq_len)` gives the key-value pairs (default seq_len // 16, at least 1)."""
+    length. `model_fields[model]` adds to that model's config fields; `kv_pairs(seq_len)` gives the
+    key-value pairs (default seq_len // 16, at least 1)."""
     if base.task != "mqar":
         raise ValueError(f"the MQAR sweep needs task 'mqar', got {base.task!r}")
     pairs = kv_pairs or (lambda length: max(1, length // 16))
@@ -59,6 +61,7 @@ def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], leng
         for width in widths:
             for model in models:
                 cfg = dataclasses.replace(base, model=model, d_model=width, seq_len=length,
+                                          model_fields={**base.model_fields, **(model_fields or {}).get(model, {})},
                                           num_tokens=pairs(length), eval_lengths=(),
                                           checkpoint_dir=_checkpoints(base, f"mqar-{model}-d{width}-l{length}"))
                 result = run_synth(cfg, on_point(cfg) if on_point is not None else None)

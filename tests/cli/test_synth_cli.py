@@ -34,7 +34,8 @@ def test_synth_table_marks_learned_positions_past_their_end():
 
 def test_synth_bad_input_is_one_line():
     for args in (["copying"], ["selective-copying", "--seq-len", "8", "--num-tokens", "16"],
-                 ["induction-heads", "--model-field", "d_state"]):
+                 ["induction-heads", "--model-field", "d_state"], ["induction-heads", "--model-field", ":d_state=2"],
+                 ["induction-heads", "--model", "mamba", "--model-field", "transformer:n_head=2"]):
         r = mambakit("synth", *args, "--steps", "1")
         assert r.returncode != 0
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -65,3 +66,14 @@ def test_synth_mqar_sweep_json_and_plot(tmp_path):
     assert {(p["model"], p["d_model"], p["seq_len"], p["num_kv_pairs"]) for p in points} == {
         ("mamba", 8, 32, 2), ("mamba", 16, 32, 2), ("gru", 8, 32, 2), ("gru", 16, 32, 2)}
     assert (tmp_path / "mqar-sweep.png").stat().st_size > 0
+
+
+def test_synth_model_fields_for_one_model_of_several():
+    r = mambakit("synth", "induction-heads", "--model", "mamba", "transformer", "--model-field", "transformer:n_head=2",
+                 "--model-field", "transformer:mlp=gelu", "--d-model", "16", "--n-layer", "1", "--vocab-size", "6",
+                 "--seq-len", "12", "--steps", "1", "--batch-size", "2", "--eval-lengths", "--eval-samples", "2",
+                 "--device", "cpu", "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    mamba, transformer = json.loads(r.stdout)
+    assert mamba["config"]["model_fields"] == {}
+    assert transformer["config"]["model_fields"] == {"n_head": 2, "mlp": "gelu"}

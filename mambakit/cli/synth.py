@@ -44,8 +44,11 @@ def add_parser(sub) -> None:
     p.add_argument("task", metavar="TASK", help=" | ".join(TASK_CHOICES))
     p.add_argument("--model", nargs="+", help="registry model(s) (default: mamba; mqar-sweep: mamba transformer "
                                              "s4d gru mamba2); table1 fixes its own")
-    p.add_argument("--paper", action="store_true", help="the paper's recipe (induction heads: L=256, batch 8, "
-                                                       "constant lr 1e-3, tested at 2^6..2^20)")
+    p.add_argument("--recipe", choices=["paper", "cpu"],
+                   help="a task's named settings (flags given override them); induction heads: paper = L=256, "
+                        "batch 8, constant lr 1e-3, 50k steps; cpu = L=256 x 2000 steps then 8192 x 200 (about "
+                        "20 minutes on 2 cores); both tested at 2^6..2^20")
+    p.add_argument("--paper", action="store_true", help="same as --recipe paper")
     p.add_argument("--d-model", type=positive_int, help="model width (default: 64, as in the paper)")
     p.add_argument("--n-layer", type=positive_int, help="layers (default: 2, as in the paper)")
     p.add_argument("--budget-params", type=positive_int, help="size d_model to about this many parameters")
@@ -127,8 +130,11 @@ def base_config(args: argparse.Namespace, task: str):
     if args.out:
         given["checkpoint_dir"] = str(Path(args.out) / "checkpoints")
     fields = parse_model_fields(args.model_field)[0]
-    if args.paper:
-        return SynthConfig.paper(task, model_fields=fields, **given)
+    if args.paper and args.recipe not in (None, "paper"):
+        raise ValueError(f"--paper is --recipe paper; it cannot be combined with --recipe {args.recipe}")
+    recipe = "paper" if args.paper else args.recipe
+    if recipe is not None:
+        return SynthConfig.recipe(recipe, task, model_fields=fields, **given)
     return SynthConfig(task=task, model_fields=fields, **given)
 
 

@@ -35,6 +35,7 @@ def test_synth_table_marks_learned_positions_past_their_end():
 def test_synth_bad_input_is_one_line():
     for args in (["copying"], ["selective-copying", "--seq-len", "8", "--num-tokens", "16"],
                  ["induction-heads", "--model-field", "d_state"], ["induction-heads", "--model-field", ":d_state=2"],
+                 ["induction-heads", "--paper", "--recipe", "cpu"],
                  ["induction-heads", "--model", "mamba", "--model-field", "transformer:n_head=2"]):
         r = mambakit("synth", *args, "--steps", "1")
         assert r.returncode != 0

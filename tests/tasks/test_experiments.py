@@ -101,6 +101,11 @@ def test_defaults_are_the_papers_settings():
     assert paper.eval_lengths[0] == 2 ** 6 and paper.eval_lengths[-1] == 2 ** 20 and paper.model == "transformer"
     with pytest.raises(ValueError, match="no paper recipe"):
         SynthConfig.paper("mqar")
+    cpu = SynthConfig.recipe("cpu", "induction-heads", steps=10)          # a flag given overrides the recipe
+    assert (cpu.seq_len, cpu.steps, cpu.then, cpu.total_steps) == (256, 10, ((8192, 200),), 210)
+    assert cpu.lengths[-1] == 2 ** 20 and cpu.eval_max_tokens == 2 ** 20
+    with pytest.raises(ValueError, match="unknown recipe"):
+        SynthConfig.recipe("gpu", "induction-heads")
 
 
 def test_auto_threads_falls_back_to_one_on_a_busy_machine(monkeypatch):

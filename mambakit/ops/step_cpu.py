@@ -74,9 +74,7 @@ def state_update_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
         return None if t is None else _rows(t.to(_F32))
 
     xf, dt, z, B, C = f32(x), f32(dt), f32(z), f32(B), f32(C)
-    state, A = state.to(_F32).contiguous(), A.to(_F32).contiguous()
-    D = None if D is None else D.to(_F32).contiguous()
-    dt_bias = None if dt_bias is None else dt_bias.to(_F32).contiguous()
+    state, A, D, dt_bias = _f32_contiguous(state, A, D, dt_bias)
     B3, C3 = (B, C) if B.dim() == 3 else (B[:, None], C[:, None])          # (b, g, n)
     y, new_state = xf.new_empty(b, d), torch.empty_like(state)
     library().mk_state_update_f32(
@@ -84,6 +82,11 @@ def state_update_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
         int(dt_softplus), ptr(A), ptr(B3), B3.stride(0), B3.stride(1), ptr(C3), C3.stride(0),
         C3.stride(1), B3.shape[1], ptr(D), ptr(z), 0 if z is None else z.stride(0), ptr(y), b, d, n)
     return y.to(x.dtype), new_state
+
+
+def _f32_contiguous(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
+    """Each tensor as contiguous fp32 (None stays None): what the kernels index by plain pointers."""
+    return tuple(None if t is None else t.to(_F32).contiguous() for t in tensors)
 
 
 def _flat_rows(t: Tensor) -> Tensor:
@@ -107,9 +110,7 @@ def ssd_step_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: 
         return None if t is None else _flat_rows(t.to(_F32))
 
     xf, dtf, zf, Bf, Cf = f32(x), f32(dt), f32(z), f32(B), f32(C)
-    state, A = state.to(_F32).contiguous(), A.to(_F32).contiguous()
-    D = None if D is None else D.to(_F32).contiguous()
-    dt_bias = None if dt_bias is None else dt_bias.to(_F32).contiguous()
+    state, A, D, dt_bias = _f32_contiguous(state, A, D, dt_bias)
     lo, hi = (-math.inf, math.inf) if tuple(dt_limit) == NO_LIMIT else dt_limit   # NO_LIMIT: no clamp at all
     y, new_state = xf.new_empty(b, h, p), torch.empty_like(state)
     library().mk_ssd_step_f32(

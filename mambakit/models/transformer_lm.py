@@ -123,11 +123,13 @@ class TransformerLM(LanguageModel):
     def _init_weights(self) -> None:
         # GPT-2: N(0, 0.02) everywhere, zero biases, and the projections that write into the
         # residual stream scaled by 1/sqrt(2 n_layer) (two writes per layer) to keep its variance flat.
+        # The token embedding (also the tied head) takes its own std: see embedding_init_std.
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+        nn.init.normal_(self.backbone.embedding.weight, std=self.config.embedding_init_std)
         for layer in self.backbone.layers:
             for block in (layer.attn, layer.mlp):
                 block.mixer.out_proj.weight /= math.sqrt(2 * self.config.n_layer)

@@ -113,10 +113,23 @@ def test_config_validation_and_auto_fields():
         TransformerConfig(mlp="relu")
     with pytest.raises(ValueError, match="positions must be one of"):
         TransformerConfig(positions="alibi")
+    with pytest.raises(ValueError, match="embedding_init_std"):
+        TransformerConfig(embedding_init_std=0.0)
     assert TransformerConfig(d_model=768).resolved_n_head == 12
     assert TransformerConfig(d_model=200).resolved_n_head == 2      # 200 // 64 = 3 does not divide
     assert TransformerConfig(d_model=96, mlp="gelu").resolved_d_ff == 384
     assert TransformerConfig(d_model=96).resolved_d_ff == 256       # 8/3 * 96, SwiGLU's 3 matrices
+
+
+def test_embedding_init_std_sets_the_token_embedding_and_tied_head_only():
+    torch.manual_seed(0)
+    gpt2 = tiny(d_model=64, vocab_size=4096)
+    wide = tiny(d_model=64, vocab_size=4096, embedding_init_std=1.0)
+    assert abs(gpt2.backbone.embedding.weight.std().item() - 0.02) < 0.002
+    assert abs(wide.backbone.embedding.weight.std().item() - 1.0) < 0.05
+    assert wide.lm_head.weight is wide.backbone.embedding.weight
+    q = wide.backbone.layers[0].attn.mixer
+    assert max(p.std().item() for n, p in q.named_parameters() if n.endswith("weight")) < 0.03
 
 
 def test_gpt2_small_preset_has_gpt2s_parameter_count():

@@ -143,3 +143,19 @@ def test_resume_refuses_other_stages_and_reads_checkpoints_from_before_stages(tm
     assert run_synth(cfg)["steps_done"] == 2                                    # same run: nothing to do
     with pytest.raises(ValueError, match="other settings.*then"):
         run_synth(dataclasses.replace(cfg, then=((24, 1),)))
+
+
+def test_synth_transformer_takes_the_unit_embedding_init_unless_told_otherwise():
+    """SYNTH_MODEL_FIELDS: the synthetic tasks' Transformer embeds with N(0, 1) (GPT-2's 0.02 left
+    it at chance on induction heads); a model field overrides it, other models are untouched, and
+    the run's report says which init the model had."""
+    base = dict(task="induction-heads", d_model=64, n_layer=1, seq_len=16, steps=1, eval_lengths=(), eval_samples=4)
+    emb = build_synth_model(SynthConfig(model="transformer", **base)).backbone.embedding.weight
+    assert abs(emb.std().item() - 1.0) < 0.2
+    told = SynthConfig(model="transformer", model_fields={"embedding_init_std": 0.02}, **base)
+    assert abs(build_synth_model(told).backbone.embedding.weight.std().item() - 0.02) < 0.005
+    sized = SynthConfig(model="transformer", budget_params=60_000, **base)
+    assert abs(build_synth_model(sized).backbone.embedding.weight.std().item() - 1.0) < 0.2
+    assert abs(build_synth_model(SynthConfig(model="mamba", **base)).backbone.embedding.weight.std().item() - 0.02) < 0.005
+    result = run_synth(SynthConfig(model="transformer", **base))
+    assert result["model_config"]["embedding_init_std"] == 1.0

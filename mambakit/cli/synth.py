@@ -69,9 +69,10 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-decay", type=non_negative_float, help="AdamW weight decay (default: 0)")
     p.add_argument("--loss-on", choices=["answers", "all"],
                    help="loss on the scored answers only (default) or on the next token everywhere")
-    p.add_argument("--then", type=stage_arg, nargs="+", metavar="LENGTH:STEPS",
+    p.add_argument("--then", type=stage_arg, nargs="*", metavar="LENGTH:STEPS",
                    help="after --steps at --seq-len, train STEPS more at each longer LENGTH (batches of about "
-                        "the same number of tokens), e.g. --then 2048:100 8192:200")
+                        "the same number of tokens), e.g. --then 2048:100 8192:200; --then alone: no stages "
+                        "(drops a recipe's)")
     p.add_argument("--time-budget", type=finite_float, metavar="SECONDS",
                    help="stop each run's training after this long, then evaluate")
     p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default: 500)")

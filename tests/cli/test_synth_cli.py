@@ -78,3 +78,14 @@ def test_synth_model_fields_for_one_model_of_several():
     mamba, transformer = json.loads(r.stdout)
     assert mamba["config"]["model_fields"] == {}
     assert transformer["config"]["model_fields"] == {"n_head": 2, "mlp": "gelu"}
+
+
+def test_synth_then_alone_drops_the_recipes_stages():
+    r = mambakit("synth", "induction-heads", "--recipe", "cpu", "--then", "--model", "transformer", "--d-model", "16",
+                 "--n-layer", "1", "--seq-len", "12", "--steps", "1", "--batch-size", "2", "--eval-lengths",
+                 "--eval-samples", "2", "--device", "cpu", "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["config"]["then"] == [] and result["steps_done"] == 1
+    assert result["config"]["eval_max_tokens"] == 2 ** 20               # the rest of the recipe holds
+    assert result["model_config"]["embedding_init_std"] == 1.0

@@ -8,6 +8,7 @@ from mambakit.generation import pad_prompts
 from mambakit.io.files import read_config
 from mambakit.models import REGISTRY, build, from_config, load_model
 from mambakit.models.budget import configs_for_budget, count_parameters
+from tests.models.helpers import prefill_then_steps
 
 VOCAB = 50
 BUDGET = 300_000
@@ -86,11 +87,9 @@ def test_cache_step_and_prefill_equal_forward(name):
         full = model(ids)
         cache = model.allocate_cache(2)
         steps = torch.stack([model.step(ids[:, t], cache) for t in range(9)], 1)
-        cache = model.allocate_cache(2, max_seqlen=9)
-        pre = model(ids[:, :5], cache=cache)
-        rest = torch.stack([model.step(ids[:, t], cache) for t in range(5, 9)], 1)
+        mixed, cache = prefill_then_steps(model, ids, 5, max_seqlen=9)
     torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(torch.cat([pre, rest], 1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mixed, full, atol=1e-4, rtol=1e-4)
     assert cache.seqlen_offset == 9
 
 

@@ -13,6 +13,7 @@ from mambakit import Mamba2Config, Mamba2LM, MambaConfig, MambaLM
 from mambakit.generation import pad_prompts
 from mambakit.models import load_model
 from mambakit.modules.mha import MHA
+from tests.models.helpers import prefill_then_steps
 
 ATTN = dict(num_heads=4, num_heads_kv=2, rotary_emb_dim=4, qkv_proj_bias=True, out_proj_bias=False)
 FAMILIES = {
@@ -68,10 +69,8 @@ def test_one_cache_holds_both_states_and_modes_agree(family):
     ids = torch.randint(0, 50, (2, 10))
     with torch.no_grad():
         full = model(ids)
-        cache = model.allocate_cache(2)
-        pre = model(ids[:, :6], cache=cache)
-        rest = torch.stack([model.step(ids[:, t], cache) for t in range(6, 10)], 1)
-        torch.testing.assert_close(torch.cat([pre, rest], 1), full, atol=1e-4, rtol=1e-4)
+        mixed, cache = prefill_then_steps(model, ids, 6)
+        torch.testing.assert_close(mixed, full, atol=1e-4, rtol=1e-4)
         kinds = [type(s).__name__ for s in cache.layers]
         assert kinds[1] == "KVCacheState" and kinds[0] == kinds[2] != "KVCacheState"
         # the state API works on the mixed cache: row 1 alone continues as it would in the batch

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mambakit import Mamba2Config, Mamba2LM
+from tests.models.helpers import prefill_then_steps
 
 
 def tiny_mamba2(**overrides):
@@ -47,10 +48,7 @@ def test_forward_prefill_step_and_backends_agree(variant):
     ids = torch.randint(0, 50, (2, 11))
     with torch.no_grad():
         full = model(ids)
-        cache = model.allocate_cache(2)
-        pre = model(ids[:, :6], cache=cache)
-        rest = torch.stack([model.step(ids[:, t], cache) for t in range(6, 11)], 1)
-        torch.testing.assert_close(torch.cat([pre, rest], 1), full, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(prefill_then_steps(model, ids, 6)[0], full, atol=1e-4, rtol=1e-4)
         for backend in ("ref", "quadratic"):
             model.set_ssd_backend(backend)
             torch.testing.assert_close(model(ids), full, atol=1e-4, rtol=1e-4)

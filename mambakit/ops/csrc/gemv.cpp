@@ -272,22 +272,27 @@ struct Int8Rows {
   }
 };
 
-// y[r, j] = x[r] · w[j] · scale[j] + bias[j]; weight rows split over threads in contiguous
-// blocks. Each weight row is used for every row of x while it sits in L1 (rows of x in chunks of
-// kRowChunk, the dots' output buffer), so the weights are read from memory once per call.
-constexpr int64_t kRowChunk = 16;
+// y[r, j] = x[r] · w[j] · scale[j] + bias[j]; blocks of kColBlock weight rows split over threads
+// in contiguous runs. Within a block, rows of x go kRowChunk at a time (kRowChunk · k fp32 values
+// stay in L1) against every weight row of the block (kColBlock rows stay in L2): the weights are
+// read from memory once per call, and batched decode (m up to 64) is not starved by re-reading x
+// from L2 for every weight row (measured 1.2 vs 5.5 GB/s of bf16 weights at m = 32 vs 8 before).
+constexpr int64_t kRowChunk = 4, kColBlock = 32;
 
 template <typename Rows>
 void gemv(const Rows& rows, const float* scale, const float* bias, float* y, int64_t y_stride, int64_t m,
           int64_t n, int32_t threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t j = 0; j < n; ++j) {
-    const float s = scale ? scale[j] : 1.0f, b = bias ? bias[j] : 0.0f;
+  for (int64_t jb = 0; jb < n; jb += kColBlock) {
+    const int64_t j_end = n - jb < kColBlock ? n : jb + kColBlock;
     float out[kRowChunk];
     for (int64_t r0 = 0; r0 < m; r0 += kRowChunk) {
       const int64_t count = m - r0 < kRowChunk ? m - r0 : kRowChunk;
-      rows.dots(j, r0, count, out);
-      for (int64_t i = 0; i < count; ++i) y[(r0 + i) * y_stride + j] = out[i] * s + b;
+      for (int64_t j = jb; j < j_end; ++j) {
+        rows.dots(j, r0, count, out);
+        const float s = scale ? scale[j] : 1.0f, b = bias ? bias[j] : 0.0f;
+        for (int64_t i = 0; i < count; ++i) y[(r0 + i) * y_stride + j] = out[i] * s + b;
+      }
     }
   }
 }

@@ -24,7 +24,7 @@ class Block(nn.Module):
         return residual + update.to(residual.dtype)
 
     def _mlp(self, x: Tensor) -> Tensor:
-        if not hasattr(self, "mlp"):
+        if "mlp" not in self._modules:  # not hasattr: a failed nn.Module lookup raises, per layer per token
             return x
         return self._add(x, self.mlp(self.norm2(x).to(self.mixer_dtype)))
 

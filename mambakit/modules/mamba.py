@@ -158,11 +158,9 @@ class MambaMixer(nn.Module):
     def _fused_for(self, norm: RMSNorm) -> Optional[MambaBlockStep]:
         """The MambaBlockStep of the current weights (rebuilt when a tensor or A_log changed), or
         None when this block's parameters or the machine rule it out."""
-        projections = [(m.weight, getattr(m, "scale", None), m.bias) for m in (self.in_proj, self.x_proj, self.out_proj)]
-        tensors = [norm.weight, self.conv1d.weight, self.conv1d.bias, self.dt_proj.weight, self.dt_proj.bias,
-                   self.A_log, self.D, *(t for p in projections for t in p)]
-        key = (norm.eps, self.A_log._version, *(None if t is None else t.data_ptr() for t in tensors))
+        key = (norm.eps, self.A_log._version, *_step_key(self, norm))
         if getattr(self, "_fused", (None,))[0] != key:
+            projections = [(m.weight, getattr(m, "scale", None), m.bias) for m in (self.in_proj, self.x_proj, self.out_proj)]
             fused = None
             if step_kernels_available(self.A_log.device) is None and all(
                     isinstance(m, (nn.Linear, PackedLinear)) for m in (self.in_proj, self.x_proj, self.out_proj)):
@@ -180,3 +178,23 @@ class MambaMixer(nn.Module):
         """The decode step ops' backend: "ref" (the specs) when the scan is pinned to its reference,
         else the best one for the device."""
         return "ref" if self.scan_backend == "ref" else "auto"
+
+
+# (module attribute, tensor names) read by the fused block step, norm first
+_STEP_TENSORS = ((None, ("weight",)), ("conv1d", ("weight", "bias")), ("dt_proj", ("weight", "bias")), ("", ("A_log", "D")),
+                 ("in_proj", ("weight", "scale", "bias")), ("x_proj", ("weight", "scale", "bias")),
+                 ("out_proj", ("weight", "scale", "bias")))
+
+
+def _step_key(mixer: MambaMixer, norm: nn.Module) -> list[Optional[int]]:
+    """Where each tensor a MambaBlockStep is built from lives (None for an absent one), read from
+    the modules' own dicts: this runs per layer per decoded token, and nn.Module.__getattr__ (21
+    lookups here) cost more than the rest of the check (cProfile: ~40% of a fused layer's Python)."""
+    out = []
+    for attr, names in _STEP_TENSORS:
+        d = (norm if attr is None else mixer if attr == "" else mixer.__dict__["_modules"][attr]).__dict__
+        params, buffers = d["_parameters"], d["_buffers"]
+        for n in names:
+            t = params[n] if n in params else buffers[n] if n in buffers else d.get(n)
+            out.append(None if t is None else t.data_ptr())
+    return out

@@ -73,6 +73,8 @@ class MambaBlockStep:
         for field, value in self.shape.items():
             setattr(a, field, value)
         a.eps = eps
+        # looked up once: library() takes a lock, and this runs per layer per decoded token
+        self._kernel, self._args_ref = library().mk_mamba_block_step_f32, ctypes.byref(a)
 
     def __call__(self, residual: Tensor, conv_state: Tensor, ssm_state: Tensor,
                  threads: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,7 +93,7 @@ class MambaBlockStep:
         a.residual, a.residual_out, a.b, a.threads = residual.data_ptr(), out.data_ptr(), b, threads
         a.conv_state, a.conv_state_out = conv_state.data_ptr(), conv_out.data_ptr()
         a.ssm_state, a.ssm_state_out = ssm_state.data_ptr(), ssm_out.data_ptr()
-        library().mk_mamba_block_step_f32(ctypes.byref(a))
+        self._kernel(self._args_ref)
         return out, conv_out, ssm_out
 
 
@@ -99,6 +101,6 @@ def _check(name: str, t: Optional[Tensor], shape: tuple[int, ...], dtypes: tuple
     """What the kernel indexes by: `t` (None allowed) is a contiguous CPU tensor of `shape` and one of `dtypes`."""
     if t is None:
         return
-    if tuple(t.shape) != tuple(shape) or t.dtype not in dtypes or t.device.type != "cpu" or not t.is_contiguous():
+    if t.shape != shape or t.dtype not in dtypes or t.device.type != "cpu" or not t.is_contiguous():
         raise ValueError(f"mamba block step: {name} must be a contiguous CPU {tuple(shape)} tensor of "
                          f"{[str(d) for d in dtypes]}, got {tuple(t.shape)} {t.dtype} on {t.device}")

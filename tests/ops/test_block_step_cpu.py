@@ -70,3 +70,27 @@ def test_bad_step_inputs_name_the_problem():
         fused(torch.zeros(2, 32), state.conv, state.ssm[:, :, :4].contiguous(), 1)
     with pytest.raises(ValueError, match=r"residual must be \(b, 32\) with 1 <= b <= 16, got \(17, 32\)"):
         fused(torch.zeros(17, 32), state.conv, state.ssm, 1)
+
+
+@pytest.mark.parametrize("change", ["data", "parameter", "module", "in_place_A_log"])
+def test_the_fused_step_follows_replaced_weights(change):
+    """The fused step is rebuilt when a tensor it reads is swapped (.data, a new Parameter, a new
+    module) or A_log is updated in place; it always equals the unfused ops on the current weights."""
+    model = MambaLM(MambaConfig(d_model=32, n_layer=1, vocab_size=50, d_state=8)).eval()
+    block = model.backbone.layers[0]
+    mixer, x = block.mixer, torch.randn(2, 32)
+    with torch.inference_mode():
+        mixer.fused_block_step(x, block.norm, mixer.allocate_state(2))
+    with torch.no_grad():
+        if change == "data":
+            mixer.out_proj.weight.data = torch.randn_like(mixer.out_proj.weight)
+        elif change == "parameter":
+            mixer.in_proj.weight = torch.nn.Parameter(torch.randn_like(mixer.in_proj.weight))
+        elif change == "module":
+            mambakit.quantize(model, "int8")
+        else:
+            mixer.A_log.add_(0.5)
+    with torch.inference_mode():
+        got = mixer.fused_block_step(x, block.norm, mixer.allocate_state(2))
+        ref = unfused(block, x, mixer.allocate_state(2))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

@@ -246,14 +246,21 @@ struct Int8Rows {
     // VPMADDUBSW multiplies unsigned by signed bytes into saturating int16 pairs: feed it |x| and
     // w with x's sign (|pair| <= 2·127·127 < 2^15, no saturation), then pairs of int16 into int32.
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < full; ++b) {
+    const auto block = [&](int64_t b) {  // Σ within block b, as 8 fp32 lanes (exact integers)
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + b * kBlock));
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wj + b * kBlock));
       const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
-      const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-      acc = _mm256_fmadd_ps(p, _mm256_set1_ps(d[b]), acc);
+      return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+    };
+    // Two accumulator chains (even and odd blocks): one chain's FMA latency bounds batched decode.
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= full; b += 2) {
+      acc0 = _mm256_fmadd_ps(block(b), _mm256_set1_ps(d[b]), acc0);
+      acc1 = _mm256_fmadd_ps(block(b + 1), _mm256_set1_ps(d[b + 1]), acc1);
     }
+    if (b < full) acc0 = _mm256_fmadd_ps(block(b), _mm256_set1_ps(d[b]), acc0);
+    const __m256 acc = _mm256_add_ps(acc0, acc1);
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     float total = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));

@@ -20,6 +20,7 @@ from mambakit.modules.norm import RMSNorm
 from mambakit.ops import causal_conv1d, causal_conv1d_step, selective_scan, selective_state_update
 from mambakit.ops.block_step_cpu import MambaBlockStep
 from mambakit.ops.cpu_kernels import available as step_kernels_available
+from mambakit.ops.step_cpu import MAX_GEMV_ROWS
 
 
 @dataclass
@@ -141,15 +142,14 @@ class MambaMixer(nn.Module):
     def fused_block_step(self, residual: Tensor, norm: nn.Module, state: MambaState) -> Optional[Tensor]:
         """Block.step (residual + step(norm(residual))) in one compiled call, updating `state`,
         when it applies: the CPU kernels, no autograd, an RMSNorm, fp32 residual and states, at most
-        the kernel's `max_rows` rows, fp32 parameters but the projections' weights (any `ops.linear`
-        format).
+        MAX_GEMV_ROWS rows, fp32 parameters but the projections' weights (any `ops.linear` format).
         Otherwise None, and Block.step runs the unfused ops (the twin; tests compare them)."""
         if (torch.is_grad_enabled() or self.step_backend == "ref" or residual.device.type != "cpu"
-                or residual.dtype != torch.float32 or state.conv.dtype != torch.float32
-                or not isinstance(norm, RMSNorm)):
+                or residual.dtype != torch.float32 or not 1 <= residual.shape[0] <= MAX_GEMV_ROWS
+                or state.conv.dtype != torch.float32 or not isinstance(norm, RMSNorm)):
             return None
         fused = self._fused_for(norm)
-        if fused is None or not 1 <= residual.shape[0] <= fused.max_rows:
+        if fused is None:
             return None
         residual, state.conv, state.ssm = fused(residual.contiguous(), state.conv.contiguous(),
                                                 state.ssm.contiguous(), torch.get_num_threads())

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mambakit.ops.cpu_kernels import MambaBlockArgs, library, ptr
-from mambakit.ops.step_cpu import max_gemv_rows
+from mambakit.ops.step_cpu import MAX_GEMV_ROWS
 
 _F32 = torch.float32
 FORMATS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}   # as mamba_block_step.cpp's *_format
@@ -58,8 +58,6 @@ class MambaBlockStep:
             _check(f"{name}.bias", bias, shape[:1], (_F32,))
             if (w.dtype == torch.int8) != (scale is not None):
                 raise ValueError(f"mamba block step: {name} needs a scale exactly when its weight is int8")
-        # rows of the batch up to which every projection's GEMV beats the GEMM path
-        self.max_rows = min(max_gemv_rows(w.dtype) for (w, _, _), _ in projections.values())
         self._keep = [t for t, _ in f32.values()] + [t for p, _ in projections.values() for t in p]
         a = self.args = MambaBlockArgs()
         for field, t in (("norm_w", norm_weight), ("conv_w", conv_weight), ("conv_b", conv_bias),
@@ -79,12 +77,12 @@ class MambaBlockStep:
     def __call__(self, residual: Tensor, conv_state: Tensor, ssm_state: Tensor,
                  threads: int) -> tuple[Tensor, Tensor, Tensor]:
         """residual (b, d_model), conv_state (b, d_inner, d_conv - 1), ssm_state (b, d_inner,
-        d_state), all fp32 and contiguous, b <= self.max_rows -> (new residual, new states)."""
+        d_state), all fp32 and contiguous, b <= MAX_GEMV_ROWS -> (new residual, new states)."""
         s = self.shape
         b = residual.shape[0] if residual.dim() == 2 else -1
-        if not 1 <= b <= self.max_rows:
+        if not 1 <= b <= MAX_GEMV_ROWS:
             raise ValueError(f"mamba block step: residual must be (b, {s['d_model']}) with 1 <= b <= "
-                             f"{self.max_rows}, got {tuple(residual.shape)}")
+                             f"{MAX_GEMV_ROWS}, got {tuple(residual.shape)}")
         _check("residual", residual, (b, s["d_model"]), (_F32,))
         _check("conv_state", conv_state, (b, s["d_inner"], s["d_conv"] - 1), (_F32,))
         _check("ssm_state", ssm_state, (b, s["d_inner"], s["d_state"]), (_F32,))

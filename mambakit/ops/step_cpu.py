@@ -126,19 +126,13 @@ SSD_STEP_REGISTRY.register(Backend("cpu", ssd_step_cpu, available, "fused C++/Op
 STEP_REGISTRY.register(Backend("cpu", conv_step_cpu, available, "fused C++/OpenMP kernel"), auto_for=("cpu",))
 
 
-MAX_GEMV_ROWS = 16  # fp32 weights: more rows of x than this are a matrix-matrix product, where torch's GEMM wins
-# bf16 / int8 weights: the GEMM alternative first dequantizes the whole weight (linear_ref), which
-# at batched decode sizes costs more than the product itself (130M bf16: B=32 fell to 156 tok/s
-# from 188 at B=8), so the kernel takes up to this many rows (it uses each weight row for every
-# row of x while the row sits in L1; ops/csrc/gemv.cpp).
-MAX_PACKED_GEMV_ROWS = 64
-
-
-def max_gemv_rows(weight_dtype: torch.dtype) -> int:
-    """Rows of x up to which the GEMV kernel beats the GEMM path for weights of this dtype."""
-    return MAX_GEMV_ROWS if weight_dtype == torch.float32 else MAX_PACKED_GEMV_ROWS
-
-
+# Rows of x up to which the GEMV kernel runs; more go to linear_ref (torch's GEMM, for bf16 / int8
+# on the dequantized weight). The kernel uses each weight row for every row of x while the row is
+# in cache, rows of x 4 at a time. Measured on one Zen 3 core (CPU time, 130M shapes): fp32 at
+# m = 32 0.60-1.00x of torch's F.linear time (LM head, in_proj, out_proj), at m = 64 0.81-1.18x;
+# bf16 / int8 through the GEMM path first dequantize the whole weight (130M bf16 at B=32: 156
+# tok/s against 188 at B=8 when the limit was 16).
+MAX_GEMV_ROWS = 64
 _GEMV = {torch.float32: "mk_gemv_f32", torch.bfloat16: "mk_gemv_bf16", torch.int8: "mk_gemv_i8"}
 
 
@@ -166,12 +160,12 @@ def gemv(lib, x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Optional
 
 def linear_cpu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                scale: Optional[Tensor] = None) -> Tensor:
-    """`linear` for decoding: one pass over the weights for up to `max_gemv_rows` rows of x (twins:
+    """`linear` for decoding: one pass over the weights for up to MAX_GEMV_ROWS rows of x (twins:
     linear_ref; linear_q8_ref for int8 weights, whose activations are quantized as q8_0); longer
     inputs, autograd and fp64 go to linear_ref."""
     k, n = x.shape[-1], weight.shape[0]
     rows = x.numel() // k if k else 0
-    if rows == 0 or rows > max_gemv_rows(weight.dtype) or _needs_reference(x, weight, bias, scale):
+    if rows == 0 or rows > MAX_GEMV_ROWS or _needs_reference(x, weight, bias, scale):
         return linear_ref(x, weight, bias, scale)
     x2 = _rows(x.reshape(rows, k).to(_F32))                              # (m, k)
     scale = None if scale is None else scale.to(_F32).contiguous()

@@ -11,7 +11,7 @@ from mambakit.modules.linear import quantize_int8
 from mambakit.ops import linear
 from mambakit.ops.cpu_kernels import available, build_for, library
 from mambakit.ops.linear import Q8_BLOCK, REGISTRY, linear_q8_ref, quantize_q8
-from mambakit.ops.step_cpu import MAX_PACKED_GEMV_ROWS, gemv, gemv_arithmetic, max_gemv_rows
+from mambakit.ops.step_cpu import MAX_GEMV_ROWS, gemv, gemv_arithmetic
 
 BACKENDS = sorted(REGISTRY.available("cpu"))
 
@@ -46,9 +46,8 @@ def q8_error_bound(x, w8, scale):
 
 
 # k: below a block, 1 block + 5 (a partial block), 2 blocks, 4 blocks + 2 (a masked 64-byte load);
-# m: 1, 3, 2·5 (a 3-D x), 17 (past MAX_GEMV_ROWS: fp32's GEMM path, bf16/int8's kernel), past
-# MAX_PACKED_GEMV_ROWS (every format's GEMM path); n = 11, odd.
-SHAPES = [(1, 19), (3, 37), (2, 5, 64), (1, 130), (17, 19), (MAX_PACKED_GEMV_ROWS + 1, 19)]
+# m: 1, 3, 2·5 (a 3-D x), 17 (past a 16-row tile), past MAX_GEMV_ROWS (the GEMM path); n = 11, odd.
+SHAPES = [(1, 19), (3, 37), (2, 5, 64), (1, 130), (17, 19), (MAX_GEMV_ROWS + 1, 19)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -61,7 +60,7 @@ def test_every_format_matches_its_reference_twin(backend, fmt, shape):
     x = torch.randn(*shape[:-1], 2 * k)[..., ::2]                              # strided rows
     y = linear(x, w, bias, scale, backend=backend)
     exact = x @ dense(w, scale).T + bias
-    gemv_rows = backend == "cpu" and x.numel() // k <= max_gemv_rows(w.dtype)
+    gemv_rows = backend == "cpu" and x.numel() // k <= MAX_GEMV_ROWS
     if gemv_rows:
         torch.testing.assert_close(y, gemv_twin(fmt, x, w, bias, scale, gemv_arithmetic()), atol=1e-4, rtol=1e-4)
     if gemv_rows and fmt == "int8":

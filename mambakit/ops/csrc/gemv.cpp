@@ -2,9 +2,9 @@
 //
 // Decoding one token reads every weight once, so a step costs bytes over memory bandwidth — if the
 // arithmetic keeps up. Each weight row is read once, as one sequential stream, and dotted with
-// every row of x while it sits in L1 (batched decode pays for the weights once). Reading 2 or 4
-// rows side by side (more accumulator chains, shared loads of x) ran 2x slower here (Zen 4): the
-// interleaved streams defeat the prefetcher, and one FMA chain already outruns memory. Per format:
+// every row of x while it sits in cache (batched decode pays for the weights once; rows of x go 4
+// at a time, sharing each weight load). Reading 2 or 4 weight rows side by side (shared loads of x)
+// ran 2x slower here (Zen 4): the interleaved streams defeat the prefetcher. Per format:
 //   fp32  fp32 FMAs.
 //   bf16  with avx512_bf16: x rounded to bf16 once per call, then VDPBF16PS (bf16 pairs, fp32
 //         accumulation; two weights per 32-bit lane, no conversion). Without it: each weight
@@ -77,8 +77,9 @@ inline float hsum(VecF v) {
 
 // out[r] = Σ_i w[i] x[r·xs + i] for R rows of x against one weight row. The weight row is loaded
 // (and for bf16 widened) once per R rows; U independent accumulators per row keep the FMA latency
-// chain off the critical path (one chain, as `omp simd` makes, ran ~15% under a 4-chain loop on
-// one Zen 3 core streaming from DRAM). R·U = 4 or 8 accumulators: within 16 AVX2 registers.
+// chain off the critical path. At m = 1 (memory-bound) this is within noise of the single chain
+// `omp simd` made (0.9-1.0x of its time on a Zen 3 core); at m = 8 it takes 0.42-0.54x.
+// R·U = 4 or 8 accumulators: within 16 AVX2 registers.
 template <int R, int U, typename W>
 inline void dot_tile(const float* x, int64_t xs, const W* w, int64_t k, float* out) {
   VecF acc[R][U] = {};

@@ -1,12 +1,13 @@
 """Pure tensor functions (no nn.Module state): scans, convolutions, discretization, kernels."""
 # Importing these registers the scan's "parallel", "cpu" and "triton" backends, the decode step's
 # "cpu" and "triton" backends (the C++ kernels compile lazily; triton is imported only when a
-# triton backend runs) and SSD's "quadratic", "chunked" and "triton" ones.
+# triton backend runs) and SSD's "quadratic", "chunked", "cpu" and "triton" ones.
 from mambakit.ops import (  # noqa: F401,E402
     scan_cpu,
     scan_parallel,
     scan_triton,
     ssd_chunked,
+    ssd_cpu,
     ssd_triton,
     step_cpu,
     step_triton,

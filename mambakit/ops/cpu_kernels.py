@@ -34,7 +34,7 @@ from torch import Tensor
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp", CSRC / "ssd_step.cpp",
-           CSRC / "gemv.cpp", CSRC / "mamba_block_step.cpp"]  # linked into one library
+           CSRC / "gemv.cpp", CSRC / "mamba_block_step.cpp", CSRC / "ssd_chunk.cpp"]  # linked into one library
 HEADERS = [CSRC / "fastmath.h"]
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]  # plus -march: native unless a test asks
 
@@ -81,6 +81,8 @@ _SIGNATURES = {
     **{f"mk_gemv_{w}": [_P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32] for w in ("f32", "bf16", "i8")},
     "mk_gemv_arithmetic": [],
     "mk_mamba_block_step_f32": [ctypes.POINTER(MambaBlockArgs)],
+    # xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, threads
+    "mk_ssd_chunk_fwd_f32": [_P] * 10 + [_I] * 7 + [_I32],
 }
 _RESTYPES = {"mk_gemv_arithmetic": ctypes.c_int32}  # every other symbol returns void
 

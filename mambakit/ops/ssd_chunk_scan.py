@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mambakit.ops.cpu_kernels import library, ptr
+
 
 def decay_mask(seg: Optional[Tensor], T: int, device) -> Tensor:
     """Causal mask (T, T), and-ed with 'same packed document' when seg (..., T) is given."""
@@ -63,10 +65,15 @@ class ChunkScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, h0: Optional[Tensor],
-                seg: Optional[Tensor], Q: int):
+                seg: Optional[Tensor], Q: int, fused: bool = False):
         b, cq, h, p = xdt.shape
         g, n = B.shape[-2:]
         c, hg = cq // Q, h // g
+        if fused:  # the C++ twin of steps 1-4 (csrc/ssd_chunk.cpp); the backward is the same
+            y, final, H = chunk_scan_fwd_cpu(xdt, a, B, C, h0, seg, Q, keep_states=True)
+            ctx.save_for_backward(xdt, a, B, C, H, None, None if seg is None else seg.view(b, c, Q))
+            ctx.Q, ctx.has_h0 = Q, h0 is not None
+            return y, final
         cum = a.view(b, c, Q, g, hg).cumsum(2)                                  # (b, c, Q, g, hg)
         seg = None if seg is None else seg.view(b, c, Q)
         L, to_end, into, through = _decays(cum, seg)
@@ -112,6 +119,8 @@ class ChunkScan(torch.autograd.Function):
         cum = a.view(b, c, Q, g, hg).cumsum(2)                                  # (b, c, Q, g, hg)
         L, to_end, into, through = _decays(cum, seg)
         Bc, Cc = (t.reshape(b, c, Q, g, n).transpose(2, 3) for t in (B, C))     # (b, c, g, Q, n)
+        if Y_off is None:  # the fused forward keeps no Y_off: rebuild it from H (one matmul)
+            Y_off = (Cc @ H).view(b, c, g, Q, hg, p).transpose(2, 3) * into[..., None]
         X = xdt.view(b, c, Q, g, hg, p)
         dY = dy.reshape(b, c, Q, g, hg, p)                                      # (autograd may hand a strided dy)
 
@@ -156,4 +165,56 @@ class ChunkScan(torch.autograd.Function):
         dcum[:, :, -1] += dto_end.sum(2) + dthrough
         da = dcum.flip(2).cumsum(2).flip(2)                                     # back through the cumsum
         return (dX.reshape(b, cq, h, p), da.reshape(b, cq, h), dB.transpose(2, 3).reshape(b, cq, g, n),
-                dC.transpose(2, 3).reshape(b, cq, g, n), dh0, None, None)
+                dC.transpose(2, 3).reshape(b, cq, g, n), dh0, None, None, None)
+
+
+def chunk_scan_fwd_cpu(xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, h0: Optional[Tensor],
+                       seg: Optional[Tensor], Q: int, keep_states: bool = False,
+                       threads: Optional[int] = None, lib=None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """ChunkScan's forward (steps 1-4) in one C++ pass per (batch, head): csrc/ssd_chunk.cpp.
+
+    xdt (b, l, h, p), a (b, l, h), B/C (b, l, g, n), h0 (b, h, p, n) or None, all fp32 on the CPU;
+    seg (b, ⌈l/Q⌉, Q) integer or None (positions past l ignored). l need not be a multiple of Q:
+    the last chunk is just shorter. Returns (y (b, l, h, p), final (b, h, p, n), H) with H
+    (b, c, g, n, hg·p) the states entering each chunk when `keep_states` (what the backward
+    reads), else None. Every shape is checked here: the kernel trusts them. `lib`: a library
+    from cpu_kernels.build_for (tests of the AVX2 / scalar builds); default the native one.
+    """
+    if xdt.dim() != 4:
+        raise ValueError(f"chunk_scan_fwd_cpu: xdt must be (b, l, h, p), got {tuple(xdt.shape)}")
+    b, l, h, p = xdt.shape
+    if B.dim() != 4:
+        raise ValueError(f"chunk_scan_fwd_cpu: B must be (b, l, g, n), got {tuple(B.shape)}")
+    g, n = B.shape[-2:]
+    if isinstance(Q, bool) or not isinstance(Q, int) or Q < 1 or l < 1 or g < 1 or h % g:
+        raise ValueError(f"chunk_scan_fwd_cpu: need Q >= 1, l >= 1 and g | h, got Q={Q!r}, l={l}, g={g}, h={h}")
+    c = -(-l // Q)
+    want = {"a": (a, (b, l, h)), "B": (B, (b, l, g, n)), "C": (C, (b, l, g, n)),
+            "h0": (h0, (b, h, p, n)), "seg": (seg, (b, c, Q))}
+    for name, (t, shape) in [("xdt", (xdt, (b, l, h, p))), *want.items()]:
+        if t is None:
+            continue
+        if tuple(t.shape) != shape:
+            raise ValueError(f"chunk_scan_fwd_cpu: {name} must have shape {shape}, got {tuple(t.shape)}")
+        if t.device.type != "cpu":
+            raise ValueError(f"chunk_scan_fwd_cpu: {name} is on {t.device}; the kernel runs on the CPU")
+        if name != "seg" and t.dtype != torch.float32:
+            raise ValueError(f"chunk_scan_fwd_cpu: {name} must be float32, got {t.dtype}")
+    lib = library() if lib is None else lib
+    if lib is None:
+        raise RuntimeError("chunk_scan_fwd_cpu: the compiled kernels are not available")
+    xdt, a, B, C = (t.contiguous() for t in (xdt, a, B, C))
+    h0 = None if h0 is None else h0.contiguous()
+    seg = None if seg is None else seg.to(torch.int64).contiguous()
+    # C·Bᵀ per chunk and group: a batched GEMM (the BLAS's job), shared by the group's heads.
+    pad = c * Q - l
+    Bp, Cp = ((t if pad == 0 else torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad))).view(b, c, Q, g, n)
+              for t in (B, C))
+    CB = (Cp.transpose(2, 3) @ Bp.permute(0, 1, 3, 4, 2)).contiguous()        # (b, c, g, Q, Q)
+    y = xdt.new_empty(b, l, h, p)
+    final = xdt.new_empty(b, h, p, n)
+    H = xdt.new_empty(b, c, g, n, (h // g) * p) if keep_states else None
+    lib.mk_ssd_chunk_fwd_f32(ptr(xdt), ptr(a), ptr(B), ptr(C), ptr(CB), ptr(h0), ptr(seg), ptr(y),
+                             ptr(final), ptr(H), b, l, h, p, g, n, Q,
+                             torch.get_num_threads() if threads is None else threads)
+    return y, final, H

@@ -81,7 +81,8 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
                      D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                      dt_bias: Optional[Tensor] = None, dt_softplus: bool = False,
                      dt_limit: tuple[float, float] = NO_LIMIT, initial_states: Optional[Tensor] = None,
-                     return_final_states: bool = False, reset: Optional[Tensor] = None):
+                     return_final_states: bool = False, reset: Optional[Tensor] = None,
+                     fused: bool = False):
     """The SSD algorithm: the dual form inside chunks of Q positions, the recurrence between them.
 
     1. intra-chunk outputs  Y_diag = (L ∘ C Bᵀ) Δx       matmuls over (Q × Q) blocks
@@ -90,6 +91,7 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     4. outputs from states  Y_off = decay_in_t · C_t H_{k-1}   matmuls
     Steps 1-4 and their hand-written backward are in ssd_chunk_scan.py; here Δ is applied (and
     differentiated by autograd), the sequence padded to whole chunks, and D and the gate applied.
+    `fused` runs steps 1-4's forward as one C++ pass (fp32 CPU tensors only; ssd_cpu.py decides).
     """
     ct = compute_dtype(x)
     b, l, h, p = x.shape
@@ -103,7 +105,7 @@ def ssd_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     # seg: packed-document index inside each chunk, counted from the chunk start.
     seg = None if reset is None else F.pad(reset.long(), (0, pad)).view(b, c, Q).cumsum(-1)  # (b, c, Q)
     h0 = None if initial_states is None else initial_states.to(ct)
-    y, final = ChunkScan.apply(xdt, a, Bp, Cp, h0, seg, Q)                      # (b, c·Q, h, p)
+    y, final = ChunkScan.apply(xdt, a, Bp, Cp, h0, seg, Q, fused)                    # (b, c·Q, h, p)
     y = skip_and_gate(y[:, :l], x, D, z).to(x.dtype)
     return (y, final) if return_final_states else y
 

@@ -11,9 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mambakit.ops import available_ssd_backends, ssd_scan, ssd_step
+from mambakit.ops.cpu_kernels import available
 from mambakit.ops.ssd import REGISTRY
 
-FORMS = ["quadratic", "chunked"]
+# "cpu" (the fused C++ forward, when the kernels build) runs at its own chunk size here;
+# tests/ops/test_ssd_cpu.py sweeps small chunks through it.
+FORMS = ["quadratic", "chunked"] + (["cpu"] if available(torch.device("cpu")) is None else [])
 GRAD_NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
 
 
@@ -216,10 +219,12 @@ def test_property_random_shapes_match_reference(b, l, hg, p, n, chunk, flags, se
 
 
 # -- dispatch and bad input -----------------------------------------------------------------------
-def test_backends_registered_and_auto_picks_chunked():
-    assert {k: v for k, v in available_ssd_backends("cpu").items() if k in ("ref", *FORMS)} == \
-        {"ref": None, "quadratic": None, "chunked": None}
-    assert REGISTRY.resolve("auto", torch.device("cpu")).name == "chunked"
+def test_backends_registered_and_auto_picks_the_fused_cpu_form():
+    avail = available_ssd_backends("cpu")
+    assert {k: avail[k] for k in ("ref", "quadratic", "chunked")} == {"ref": None, "quadratic": None, "chunked": None}
+    # "cpu" needs the compiled kernels; without them "auto" falls back to the chunked torch form
+    want = "cpu" if avail["cpu"] is None else "chunked"
+    assert REGISTRY.resolve("auto", torch.device("cpu")).name == want
 
 
 def test_unknown_backend_lists_choices():

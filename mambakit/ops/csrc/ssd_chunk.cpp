@@ -1,0 +1,196 @@
+// The chunked SSD forward (Dao & Gu 2024, §7) fused into one pass per (batch, head) on CPU: the
+// core of ops/ssd_chunk_scan.py's ChunkScan (same inputs: Δx, log Ā = ΔA, B, C, initial state,
+// packed-document index), without the D skip and gate.
+//
+// Why fused: in PyTorch each step is a separate op over (b, c, h, Q, Q) or (b, c, h, n, p)
+// tensors (decay mask, its exp, C·Bᵀ ∘ L, the chunk states, state passing, outputs from states);
+// each pass streams tens of MB through memory and the state passing runs c small ops per layer.
+// Here one thread owns a (batch, head) pair and walks its chunks in order, so the state (n × p,
+// 32 KB at n=128, p=64) stays in cache and never round-trips through memory, and every p-channel
+// loop is a contiguous, vectorised axpy. C·Bᵀ (shared by the heads of a group) comes in
+// precomputed: it is a plain batched GEMM, which the BLAS does best.
+//
+// Per chunk of Qk positions (Qk = Q except for a short last chunk), with cum_t = Σ_{r≤t} a_r:
+//   y_t   = into_t · C_t · S  +  Σ_{s≤t} CB[t, s] · exp(cum_t − cum_s) · Δx_s       (Y_off + Y_diag)
+//   S    <- through · S  +  Σ_s exp(cum_last − cum_s) · B_s ⊗ Δx_s                 (state passing)
+// with into_t = exp(cum_t), through = exp(cum_last), and a position reaching another only inside
+// one packed document (seg equal; the carried state only while seg == 0), as _decays in
+// ssd_chunk_scan.py. S is kept transposed (n × p) so both updates run along p.
+// Reference twin: ChunkScan's PyTorch forward (and ssd_scan_ref); tests compare them. The Python
+// side (ops/ssd_chunk_scan.py) checks every shape and dtype before calling.
+//
+// Layouts, all contiguous fp32: xdt, y (b, l, h, p); a (b, l, h); B, C (b, l, g, n);
+// CB (b, c, g, Q, Q) with CB[t, s] = C_{kQ+t} · B_{kQ+s} (rows/columns past l unused); h0, final
+// (b, h, p, n); seg (b, c, Q) int64 or NULL; H (b, c, g, n, hg·p) or NULL: the state entering each
+// chunk, head j of a group in columns [j·p, (j+1)·p) — the layout ChunkScan's backward reads.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "fastmath.h"
+
+using namespace mk;
+
+namespace {
+
+// exp for decays: exactly 0 below exp_'s clamp (never 1.6e-38), so a long-decayed state does not
+// turn into denormals that then crawl through every later multiply.
+inline float decay_(float x) { return x < -87.0f ? 0.0f : exp_(x); }
+
+struct Problem {
+  const float *xdt, *a, *B, *C, *CB, *h0;
+  const int64_t* seg;
+  float *y, *final, *H;
+  int64_t b, l, h, p, g, n, Q, c;
+};
+
+// out (R × W) += A (R × K) · Bm (K × W): the register tile of the small matrix products below.
+// Accumulators stay in registers (R·W floats: 16 AVX2 or 8 AVX-512 registers at 4 × 32); each
+// row of Bm loaded once feeds R rows, so loads stay below the FMAs.
+template <int R, int W>
+inline void tile(float* __restrict out, int64_t ldo, const float* __restrict A, int64_t lda,
+                 const float* __restrict Bm, int64_t ldb, int64_t K) {
+  float acc[R][W];
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma omp simd
+    for (int w = 0; w < W; ++w) acc[i][w] = out[i * ldo + w];
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = Bm + k * ldb;
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      const float s = A[i * lda + k];
+#pragma omp simd
+      for (int w = 0; w < W; ++w) acc[i][w] += s * b[w];
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma omp simd
+    for (int w = 0; w < W; ++w) out[i * ldo + w] = acc[i][w];
+}
+
+template <int R>
+inline void tile_cols(float* out, int64_t ldo, const float* A, int64_t lda, const float* Bm,
+                      int64_t ldb, int64_t K, int64_t cols) {
+  int64_t w = 0;
+  for (; w + 32 <= cols; w += 32) tile<R, 32>(out + w, ldo, A, lda, Bm + w, ldb, K);
+  for (; w + 8 <= cols; w += 8) tile<R, 8>(out + w, ldo, A, lda, Bm + w, ldb, K);
+  for (; w < cols; ++w) tile<R, 1>(out + w, ldo, A, lda, Bm + w, ldb, K);
+}
+
+// out (rows × cols) += A (rows × K) · Bm (K × cols); with `lower`, row i only needs k ≤ i (A is
+// zero above its diagonal, so a block of rows stops at its last row's diagonal).
+inline void gemm_acc(float* out, int64_t ldo, const float* A, int64_t lda, const float* Bm,
+                     int64_t ldb, int64_t rows, int64_t K, int64_t cols, bool lower) {
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4)
+    tile_cols<4>(out + i * ldo, ldo, A + i * lda, lda, Bm, ldb, lower ? i + 4 : K, cols);
+  for (; i < rows; ++i) tile_cols<1>(out + i * ldo, ldo, A + i * lda, lda, Bm, ldb, lower ? i + 1 : K, cols);
+}
+
+void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
+  const int64_t p = P.p, n = P.n, Q = P.Q, h = P.h, g = P.g;
+  const int64_t hg = h / g, gi = hi / hg, j = hi % hg;
+  // work: state S (n × p), M (Q × Q), BwT (n × Q), cum / into / to_end (Q each)
+  float* S = work;
+  float* M = S + n * p;
+  float* BwT = M + Q * Q;
+  float *cum = BwT + n * Q, *into = cum + Q, *to_end = into + Q;
+
+  if (P.h0) {
+    const float* h0 = P.h0 + (bi * h + hi) * p * n;
+    for (int64_t c = 0; c < p; ++c)
+      for (int64_t k = 0; k < n; ++k) S[k * p + c] = h0[c * n + k];
+  } else {
+    std::fill(S, S + n * p, 0.0f);
+  }
+
+  const int64_t xrow = h * p, arow = h, brow = g * n;  // strides between positions
+  for (int64_t k = 0; k < P.c; ++k) {
+    const int64_t t0 = k * Q, Qk = std::min(Q, P.l - t0), last = Qk - 1;
+    const float* xk = P.xdt + (bi * P.l + t0) * xrow + hi * p;   // row t at xk + t·xrow
+    const float* ak = P.a + (bi * P.l + t0) * arow + hi;
+    const float* Bk = P.B + (bi * P.l + t0) * brow + gi * n;
+    const float* Ck = P.C + (bi * P.l + t0) * brow + gi * n;
+    const float* CBk = P.CB + ((bi * P.c + k) * g + gi) * Q * Q;
+    const int64_t* sk = P.seg ? P.seg + (bi * P.c + k) * Q : nullptr;
+    float* yk = P.y + (bi * P.l + t0) * xrow + hi * p;
+
+    float run = 0.0f;
+    for (int64_t t = 0; t < Qk; ++t) cum[t] = (run += ak[t * arow]);
+    const int64_t seg_last = sk ? sk[last] : 0;
+    for (int64_t t = 0; t < Qk; ++t) {
+      into[t] = (!sk || sk[t] == 0) ? decay_(cum[t]) : 0.0f;
+      to_end[t] = (!sk || sk[t] == seg_last) ? decay_(cum[last] - cum[t]) : 0.0f;
+    }
+    const float through = seg_last == 0 ? decay_(cum[last]) : 0.0f;
+
+    if (P.H) {  // the state entering this chunk, for the backward
+      float* Hk = P.H + ((bi * P.c + k) * g + gi) * n * hg * p + j * p;
+      for (int64_t r = 0; r < n; ++r) std::copy(S + r * p, S + (r + 1) * p, Hk + r * hg * p);
+    }
+
+    // M = CB ∘ L, zero above the diagonal: the intra-chunk "attention" weights.
+    for (int64_t t = 0; t < Qk; ++t) {
+      const float* cb = CBk + t * Q;
+      float* m = M + t * Q;
+      const float ct = cum[t];
+      if (sk) {
+        const int64_t st = sk[t];
+        for (int64_t s = 0; s <= t; ++s) m[s] = sk[s] == st ? cb[s] * decay_(ct - cum[s]) : 0.0f;
+      } else {
+#pragma omp simd
+        for (int64_t s = 0; s <= t; ++s) m[s] = cb[s] * decay_(ct - cum[s]);
+      }
+      std::fill(m + t + 1, m + Qk, 0.0f);
+    }
+
+    // Outputs: y_t = into_t · (C_t S) + Σ_{s≤t} M[t, s] Δx_s.
+    for (int64_t t = 0; t < Qk; ++t) std::fill(yk + t * xrow, yk + t * xrow + p, 0.0f);
+    gemm_acc(yk, xrow, Ck, brow, S, p, Qk, n, p, false);
+    for (int64_t t = 0; t < Qk; ++t) {
+      float* yt = yk + t * xrow;
+      const float s = into[t];
+#pragma omp simd
+      for (int64_t q = 0; q < p; ++q) yt[q] *= s;
+    }
+    gemm_acc(yk, xrow, M, Q, xk, xrow, Qk, Qk, p, true);
+
+    // State passing: S <- through · S + Σ_s to_end_s B_s ⊗ Δx_s (rows of S along n).
+    for (int64_t s = 0; s < Qk; ++s)
+      for (int64_t r = 0; r < n; ++r) BwT[r * Q + s] = Bk[s * brow + r] * to_end[s];
+#pragma omp simd
+    for (int64_t q = 0; q < n * p; ++q) S[q] *= through;
+    gemm_acc(S, p, BwT, Q, xk, xrow, n, Qk, p, false);
+  }
+
+  float* fin = P.final + (bi * h + hi) * p * n;
+  for (int64_t c = 0; c < p; ++c)
+    for (int64_t k = 0; k < n; ++k) fin[c * n + k] = S[k * p + c];
+}
+
+}  // namespace
+
+extern "C" {
+
+void mk_ssd_chunk_fwd_f32(const float* xdt, const float* a, const float* B, const float* C,
+                          const float* CB, const float* h0, const int64_t* seg, float* y,
+                          float* final, float* H, int64_t b, int64_t l, int64_t h, int64_t p,
+                          int64_t g, int64_t n, int64_t Q, int32_t threads) {
+  const Problem P{xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, (l + Q - 1) / Q};
+  const int64_t work = n * p + Q * Q + n * Q + 3 * Q;
+  const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> buf(work);
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < b * h; ++bh) {
+      run_head(P, bh / h, bh % h, buf.data());
+    }
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,163 @@
+"""SSD's "cpu" backend (csrc/ssd_chunk.cpp: the chunked forward fused per (batch, head)) against
+its twins: the sequential reference (the spec) and ChunkScan's PyTorch forward — outputs, final
+states, the chunk states the backward reads, and gradients, on awkward shapes (L not a multiple
+of the chunk, ngroups > 1, odd head counts, initial states, resets); plus the AVX2-only and scalar
+builds of the kernel, and shape checks before the call."""
+import os
+import platform
+import shutil
+
+import pytest
+import torch
+
+from mambakit.ops import ssd_scan
+from mambakit.ops.cpu_kernels import available, build_for, library
+from mambakit.ops.ssd import REGISTRY
+from mambakit.ops.ssd_chunk_scan import ChunkScan, chunk_scan_fwd_cpu
+from mambakit.ops.ssd_cpu import CPU_CHUNK_SIZE, ssd_scan_cpu
+from tests.ops.test_ssd import CASES, GRAD_NAMES, make_inputs
+
+pytestmark = pytest.mark.skipif(available(torch.device("cpu")) is not None,
+                                reason=f"compiled kernels unavailable: {available(torch.device('cpu'))}")
+
+
+def run(fn, x, grad, seed=1, **kw):
+    """(y, final, {name: grad}) of fn's SSD for a fixed random loss; grad=False runs it under no_grad."""
+    leaves = {k: v.clone().requires_grad_(grad) for k, v in x.items() if k in GRAD_NAMES and v is not None}
+    with torch.set_grad_enabled(grad):
+        y, final = fn(**{**x, **leaves}, return_final_states=True, **kw)
+    if not grad:
+        return y, final, {}
+    gen = torch.Generator().manual_seed(seed)
+    loss = (y * torch.randn(y.shape, generator=gen)).sum() + (final * torch.randn(final.shape, generator=gen)).sum()
+    return y.detach(), final.detach(), dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+
+
+@pytest.mark.parametrize("chunk", [3, 8])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_fused_matches_reference_outputs_states_and_grads(case, chunk):
+    x, softplus = make_inputs(**case), case["softplus"]
+    y_ref, final_ref, grads_ref = run(ssd_scan, x, True, backend="ref", dt_softplus=softplus)
+    for grad in (False, True):  # the inference path (no padding, no chunk states) and training's
+        y, final, grads = run(ssd_scan_cpu, x, grad, chunk_size=chunk, dt_softplus=softplus)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(final, final_ref, atol=1e-5, rtol=1e-5)
+        for name in grads:
+            torch.testing.assert_close(grads[name], grads_ref[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def chunk_inputs(b, l, h, p, g, n, Q, h0=True, reset=True, seed=0):
+    """ChunkScan's inputs (Δx, log Ā, B, C, h0, seg), padded to whole chunks as ssd_scan_chunked does."""
+    gen = torch.Generator().manual_seed(seed)
+    c = -(-l // Q)
+    dt = torch.rand(b, c * Q, h, generator=gen) * 0.5
+    dt[:, l:] = 0
+    xdt = torch.randn(b, c * Q, h, p, generator=gen) * dt[..., None]
+    a = -dt * (torch.rand(h, generator=gen) * 2 + 0.1)
+    B, C = (torch.randn(b, c * Q, g, n, generator=gen) for _ in range(2))
+    h0 = torch.randn(b, h, p, n, generator=gen) if h0 else None
+    seg = None
+    if reset:
+        r = torch.rand(b, c * Q, generator=gen) < 0.15
+        r[:, l:] = False
+        seg = r.long().view(b, c, Q).cumsum(-1)
+    return xdt, a, B, C, h0, seg
+
+
+@pytest.mark.parametrize("shape", [(1, 37, 3, 5, 1, 4, 8), (2, 40, 6, 4, 3, 7, 8), (1, 70, 5, 64, 5, 16, 16),
+                                   (2, 9, 4, 33, 2, 3, 4)])
+@pytest.mark.parametrize("h0, reset", [(False, False), (True, True), (True, False)])
+def test_kernel_matches_chunkscan_forward_and_its_saved_states(shape, h0, reset):
+    """The kernel's y, final state and chunk states H == ChunkScan's PyTorch forward (p = 64 and 33
+    reach the kernel's wide and narrow column tiles)."""
+    b, l, h, p, g, n, Q = shape
+    xdt, a, B, C, h0, seg = chunk_inputs(b, l, h, p, g, n, Q, h0, reset)
+    y_ref, final_ref = ChunkScan.apply(xdt, a, B, C, h0, seg, Q)
+    y, final, H = chunk_scan_fwd_cpu(xdt, a, B, C, h0, seg, Q, keep_states=True)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final, final_ref, atol=1e-5, rtol=1e-5)
+    # H[k] is the state entering chunk k: the state after the first k·Q positions.
+    for k in range(H.shape[1]):
+        _, want = ChunkScan.apply(xdt[:, :k * Q], a[:, :k * Q], B[:, :k * Q], C[:, :k * Q], h0,
+                                  None if seg is None else seg[:, :k], Q) if k else (None, h0)
+        want = torch.zeros(b, h, p, n) if want is None else want
+        got = H[:, k].view(b, g, n, h // g, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # Unpadded (the inference path): the same outputs for the first l positions.
+    y2, final2, _ = chunk_scan_fwd_cpu(xdt[:, :l].contiguous(), a[:, :l].contiguous(), B[:, :l].contiguous(),
+                                       C[:, :l].contiguous(), h0, seg, Q)
+    torch.testing.assert_close(y2, y_ref[:, :l], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final2, final_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_long_decay_reaches_exact_zero():
+    """A state decayed past exp(-87) is exactly 0 (the kernel never builds denormals): after a
+    position with log Ā = -200, the state is that position's input alone."""
+    b, l, h, p, g, n, Q = 1, 16, 2, 3, 1, 2, 8
+    xdt, a, B, C, h0, _ = chunk_inputs(b, l, h, p, g, n, Q, reset=False)
+    a[:, 7] = -200.0
+    y_ref, final_ref = ChunkScan.apply(xdt, a, B, C, h0, None, Q)
+    y, final, H = chunk_scan_fwd_cpu(xdt, a, B, C, h0, None, Q, keep_states=True)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final, final_ref, atol=1e-5, rtol=1e-5)
+    only_last = torch.einsum("hp,n->nhp", xdt[0, 7], B[0, 7, 0]).reshape(n, h * p)
+    assert torch.equal(H[0, 1, 0], only_last)
+
+
+def _targets():
+    targets = ["native"]
+    if platform.machine() in ("x86_64", "AMD64") and shutil.which(os.environ.get("CXX", "g++")):
+        targets += ["x86-64-v3", "x86-64"]
+    return targets
+
+
+@pytest.mark.parametrize("march", _targets())
+def test_each_isa_build_matches_chunkscan(march):
+    """The kernel compiled for AVX2-only and plain x86-64 (no AVX) computes what the native one does."""
+    lib = library() if march == "native" else build_for(march, ("ssd_chunk.cpp",))
+    for shape in [(1, 37, 3, 5, 1, 4, 8), (2, 70, 4, 64, 2, 16, 16)]:
+        b, l, h, p, g, n, Q = shape
+        xdt, a, B, C, h0, seg = chunk_inputs(b, l, h, p, g, n, Q)
+        y_ref, final_ref = ChunkScan.apply(xdt, a, B, C, h0, seg, Q)
+        y, final, _ = chunk_scan_fwd_cpu(xdt, a, B, C, h0, seg, Q, threads=2, lib=lib)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(final, final_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_picks_cpu_with_its_own_chunk_size():
+    """On the CPU "auto" is the fused backend; it runs at CPU_CHUNK_SIZE whatever chunk_size says
+    (the config's is the GPU kernels' tile), and L = 3 chunks of it + a remainder still equals the spec."""
+    assert REGISTRY.resolve("auto", torch.device("cpu")).name == "cpu"
+    x = make_inputs(1, 3 * CPU_CHUNK_SIZE + 5, 3, 4, 1, 5, h0=True, reset=True)
+    with torch.no_grad():
+        ref = ssd_scan(**x, chunk_size=256, dt_softplus=True, return_final_states=True, backend="ref")
+        for chunk in (256, 7):
+            got = ssd_scan(**x, chunk_size=chunk, dt_softplus=True, return_final_states=True, backend="cpu")
+            for t, want in zip(got, ref):
+                torch.testing.assert_close(t, want, atol=1e-5, rtol=1e-5)
+
+
+def test_float64_goes_to_the_exact_torch_form():
+    """fp64 (gradcheck) runs the unfused chunked form: gradcheck passes through backend "cpu"."""
+    x = make_inputs(1, 6, 2, 2, 1, 2, dtype=torch.float64, h0=True)
+    names = ["x", "dt", "B", "C", "initial_states"]
+    leaves = [x[k].clone().requires_grad_(True) for k in names]
+    f = lambda *t: ssd_scan(**{**x, **dict(zip(names, t))}, chunk_size=4, dt_softplus=True,
+                            return_final_states=True, backend="cpu")
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: {**t, "a": t["a"][:, :-1]}, "a must have shape"),
+    (lambda t: {**t, "C": t["C"][..., :-1]}, "C must have shape"),
+    (lambda t: {**t, "h0": t["h0"].double()}, "h0 must be float32"),
+    (lambda t: {**t, "seg": t["seg"][:, :, :-1]}, "seg must have shape"),
+    (lambda t: {**t, "Q": 0}, "need Q >= 1"),
+    (lambda t: {**t, "B": t["B"].expand(-1, -1, 2, -1), "C": t["C"].expand(-1, -1, 2, -1)},
+     r"g \| h"),
+])
+def test_bad_shapes_are_refused_before_the_kernel(change, message):
+    xdt, a, B, C, h0, seg = chunk_inputs(1, 12, 3, 2, 1, 4, 4)
+    t = change(dict(xdt=xdt, a=a, B=B, C=C, h0=h0, seg=seg, Q=4))
+    with pytest.raises(ValueError, match=message):
+        chunk_scan_fwd_cpu(**t)

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from mambakit.config import Mamba2Config
 from mambakit.modules.norm import RMSNormGated
-from mambakit.ops import causal_conv1d, causal_conv1d_step, ssd_scan, ssd_step
+from mambakit.ops import causal_conv1d_step, ssd_scan, ssd_step
+from mambakit.ops.mamba2_cpu import conv_silu_rows
 
 
 @dataclass
@@ -87,20 +88,20 @@ class Mamba2Mixer(nn.Module):
         """
         b, l, _ = hidden.shape
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
+        # z, xBC and Δ stay views into in_proj's output: the fused CPU kernels read them in place.
         z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, h], dim=-1)
-        xBC = xBC.transpose(1, 2)                                         # (b, conv_dim, l)
-        mask = None if attention_mask is None else attention_mask[:, None, :].to(xBC.dtype)
+        mask = None if attention_mask is None else attention_mask[:, :, None].to(xBC.dtype)  # (b, l, 1)
         if mask is not None:
             xBC = xBC * mask                                              # pads never enter the conv state
-        xBC, conv_state = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias,
-                                        None if state is None else state.conv, reset)
-        x, B, C = F.silu(xBC).transpose(1, 2).split([self.d_inner, g * n, g * n], dim=-1)
+        xBC, conv_state = conv_silu_rows(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias,
+                                         None if state is None else state.conv, reset)  # (b, l, conv_dim)
+        x, B, C = xBC.split([self.d_inner, g * n, g * n], dim=-1)
         A = -torch.exp(self.A_log.float())                                # (h,)
         if mask is None:
             dt_kwargs = dict(dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit)
         else:
             # Δ = 0 on pads makes Ā = 1 and Δ x Bᵀ = 0: the SSM state passes through untouched.
-            dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit) * mask[:, 0, :, None]
+            dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit) * mask
             dt_kwargs = {}
         y, last = ssd_scan(x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n),
                            self.chunk_size, D=self._D(),

@@ -12,7 +12,8 @@ missing or compilation fails, `available()` says why and the ops' "auto" falls b
 
 Leaves on top of this module: scan_cpu.py (selective scan fwd/bwd), step_cpu.py (one-token decode
 step and Mamba-2's SSD step, the matrix-vector products of decoding), block_step_cpu.py (a whole
-Mamba block's decode step in one call). A new kernel is a csrc/ file
+Mamba block's decode step in one call), ssd_chunk_scan.py / ssd_cpu.py (Mamba-2's chunked SSD
+forward) and mamba2_cpu.py (its conv + SiLU and gated RMSNorm for prefill). A new kernel is a csrc/ file
 plus its entry in `_SIGNATURES`. `build_for` compiles for another target (AVX2-only, no SIMD) so
 tests reach the portable fallbacks of the intrinsics code on an AVX-512 machine.
 """
@@ -34,7 +35,8 @@ from torch import Tensor
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp", CSRC / "ssd_step.cpp",
-           CSRC / "gemv.cpp", CSRC / "mamba_block_step.cpp", CSRC / "ssd_chunk.cpp"]  # linked into one library
+           CSRC / "gemv.cpp", CSRC / "mamba_block_step.cpp", CSRC / "ssd_chunk.cpp",
+           CSRC / "mamba2_rows.cpp"]  # linked into one library
 HEADERS = [CSRC / "fastmath.h"]
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]  # plus -march: native unless a test asks
 
@@ -81,8 +83,14 @@ _SIGNATURES = {
     **{f"mk_gemv_{w}": [_P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32] for w in ("f32", "bf16", "i8")},
     "mk_gemv_arithmetic": [],
     "mk_mamba_block_step_f32": [ctypes.POINTER(MambaBlockArgs)],
-    # xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, threads
-    "mk_ssd_chunk_fwd_f32": [_P] * 10 + [_I] * 7 + [_I32],
+    # xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, BC_stride, x, x_stride,
+    # dt, dt_stride, dt_bias, softplus, dt_lo, dt_hi, A, D, D_per_channel, z, z_stride, threads
+    "mk_ssd_chunk_fwd_f32": [_P] * 10 + [_I] * 8 + [_P, _I, _P, _I, _P, _I32, ctypes.c_float, ctypes.c_float,
+                                                    _P, _P, _I32, _P, _I, _I32],
+    # x, x_stride, state, wT, bias, y, state_out, b, l, d, k, silu, threads
+    "mk_conv_silu_rows_f32": [_P, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I32, _I32],
+    # y, y_stride, z, z_stride, w, out, rows, d, group, eps, norm_before_gate, threads
+    "mk_rmsnorm_gated_f32": [_P, _I, _P, _I, _P, _P, _I, _I, _I, ctypes.c_float, _I32, _I32],
 }
 _RESTYPES = {"mk_gemv_arithmetic": ctypes.c_int32}  # every other symbol returns void
 

@@ -168,30 +168,64 @@ class ChunkScan(torch.autograd.Function):
                 dC.transpose(2, 3).reshape(b, cq, g, n), dh0, None, None, None)
 
 
-def chunk_scan_fwd_cpu(xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, h0: Optional[Tensor],
-                       seg: Optional[Tensor], Q: int, keep_states: bool = False,
-                       threads: Optional[int] = None, lib=None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+def _rows(t: Tensor) -> Tensor:
+    """t (b, l, ...) as positions of contiguous trailing channels at one position stride: passed
+    in place (a column slice of a matmul output is one); anything else is copied."""
+    inner = t[0, 0].is_contiguous() if t.shape[0] and t.shape[1] else True
+    ok = inner and (t.shape[0] == 1 or t.stride(0) == t.shape[1] * t.stride(1))
+    return t if ok else t.contiguous()
+
+
+def _rows4(t: Tensor) -> Tensor:
+    """t (b, l, h, p) as rows of h·p contiguous channels at one position stride (a column slice of
+    a matmul output is): passed in place; anything else is copied."""
+    b, l, h, p = t.shape
+    ok = t.stride(3) == 1 and t.stride(2) == p and (b == 1 or t.stride(0) == l * t.stride(1))
+    return t if ok else t.contiguous()
+
+
+def chunk_scan_fwd_cpu(xdt: Optional[Tensor], a: Optional[Tensor], B: Tensor, C: Tensor,
+                       h0: Optional[Tensor], seg: Optional[Tensor], Q: int, keep_states: bool = False,
+                       threads: Optional[int] = None, lib=None, *, x: Optional[Tensor] = None,
+                       dt: Optional[Tensor] = None, A: Optional[Tensor] = None,
+                       dt_bias: Optional[Tensor] = None, dt_softplus: bool = False,
+                       dt_limit: tuple[float, float] = (-math.inf, math.inf), D: Optional[Tensor] = None,
+                       z: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """ChunkScan's forward (steps 1-4) in one C++ pass per (batch, head): csrc/ssd_chunk.cpp.
 
     xdt (b, l, h, p), a (b, l, h), B/C (b, l, g, n), h0 (b, h, p, n) or None, all fp32 on the CPU;
     seg (b, ⌈l/Q⌉, Q) integer or None (positions past l ignored). l need not be a multiple of Q:
     the last chunk is just shorter. Returns (y (b, l, h, p), final (b, h, p, n), H) with H
     (b, c, g, n, hg·p) the states entering each chunk when `keep_states` (what the backward
-    reads), else None. Every shape is checked here: the kernel trusts them. `lib`: a library
-    from cpu_kernels.build_for (tests of the AVX2 / scalar builds); default the native one.
+    reads), else None.
+
+    Prefill's fused form: xdt=None, a=None and x (b, l, h, p), dt (b, l, h), A (h,) instead: the
+    kernel makes Δ = clamp(softplus?(dt + dt_bias), *dt_limit), log Ā = Δ A and Δx itself, and with
+    D (h,) or (h, p) and z (b, l, h, p) y includes the D skip and the SiLU(z) gate, as
+    skip_and_gate. x, z, dt, B and C may be row-strided views (of in_proj's or the conv's output).
+
+    Every shape is checked here: the kernel trusts them. `lib`: a library from
+    cpu_kernels.build_for (tests of the AVX2 / scalar builds); default the native one.
     """
-    if xdt.dim() != 4:
-        raise ValueError(f"chunk_scan_fwd_cpu: xdt must be (b, l, h, p), got {tuple(xdt.shape)}")
-    b, l, h, p = xdt.shape
+    first = x if xdt is None else xdt
+    if (xdt is None) == (x is None) or first.dim() != 4:
+        raise ValueError("chunk_scan_fwd_cpu: pass either xdt or x (and dt), a (b, l, h, p) tensor")
+    b, l, h, p = first.shape
     if B.dim() != 4:
         raise ValueError(f"chunk_scan_fwd_cpu: B must be (b, l, g, n), got {tuple(B.shape)}")
     g, n = B.shape[-2:]
     if isinstance(Q, bool) or not isinstance(Q, int) or Q < 1 or l < 1 or g < 1 or h % g:
         raise ValueError(f"chunk_scan_fwd_cpu: need Q >= 1, l >= 1 and g | h, got Q={Q!r}, l={l}, g={g}, h={h}")
+    if x is not None and (dt is None or A is None or a is not None):
+        raise ValueError("chunk_scan_fwd_cpu: x goes with dt and A (not a)")
+    if xdt is not None and (a is None or any(t is not None for t in (dt, A, dt_bias, D, z))):
+        raise ValueError("chunk_scan_fwd_cpu: xdt goes with a (not dt, A, dt_bias, D or z)")
     c = -(-l // Q)
-    want = {"a": (a, (b, l, h)), "B": (B, (b, l, g, n)), "C": (C, (b, l, g, n)),
-            "h0": (h0, (b, h, p, n)), "seg": (seg, (b, c, Q))}
-    for name, (t, shape) in [("xdt", (xdt, (b, l, h, p))), *want.items()]:
+    want = {"xdt": (xdt, (b, l, h, p)), "x": (x, (b, l, h, p)), "a": (a, (b, l, h)),
+            "B": (B, (b, l, g, n)), "C": (C, (b, l, g, n)), "h0": (h0, (b, h, p, n)),
+            "seg": (seg, (b, c, Q)), "dt": (dt, (b, l, h)), "A": (A, (h,)), "dt_bias": (dt_bias, (h,)),
+            "D": (D, (h,) if D is None or D.dim() == 1 else (h, p)), "z": (z, (b, l, h, p))}
+    for name, (t, shape) in want.items():
         if t is None:
             continue
         if tuple(t.shape) != shape:
@@ -203,18 +237,27 @@ def chunk_scan_fwd_cpu(xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, h0: Optiona
     lib = library() if lib is None else lib
     if lib is None:
         raise RuntimeError("chunk_scan_fwd_cpu: the compiled kernels are not available")
-    xdt, a, B, C = (t.contiguous() for t in (xdt, a, B, C))
-    h0 = None if h0 is None else h0.contiguous()
+    xdt = None if xdt is None else xdt.contiguous()
+    x, z = (None if t is None else _rows4(t) for t in (x, z))
+    # B, C and dt in place when their rows are stride-1 at one position stride
+    B, C, dt = (None if t is None else _rows(t) for t in (B, C, dt))
+    if C.stride(1) != B.stride(1):
+        B, C = B.contiguous(), C.contiguous()
+    a, h0, A, dt_bias, D = (None if t is None else t.contiguous() for t in (a, h0, A, dt_bias, D))
     seg = None if seg is None else seg.to(torch.int64).contiguous()
     # C·Bᵀ per chunk and group: a batched GEMM (the BLAS's job), shared by the group's heads.
     pad = c * Q - l
     Bp, Cp = ((t if pad == 0 else torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad))).view(b, c, Q, g, n)
               for t in (B, C))
     CB = (Cp.transpose(2, 3) @ Bp.permute(0, 1, 3, 4, 2)).contiguous()        # (b, c, g, Q, Q)
-    y = xdt.new_empty(b, l, h, p)
-    final = xdt.new_empty(b, h, p, n)
-    H = xdt.new_empty(b, c, g, n, (h // g) * p) if keep_states else None
+    y = B.new_empty(b, l, h, p)
+    final = B.new_empty(b, h, p, n)
+    H = B.new_empty(b, c, g, n, (h // g) * p) if keep_states else None
+    lo, hi = (float(v) for v in dt_limit)
     lib.mk_ssd_chunk_fwd_f32(ptr(xdt), ptr(a), ptr(B), ptr(C), ptr(CB), ptr(h0), ptr(seg), ptr(y),
-                             ptr(final), ptr(H), b, l, h, p, g, n, Q,
+                             ptr(final), ptr(H), b, l, h, p, g, n, Q, B.stride(1),
+                             ptr(x), 0 if x is None else x.stride(1), ptr(dt), 0 if dt is None else dt.stride(1),
+                             ptr(dt_bias), int(dt_softplus), lo, hi, ptr(A), ptr(D),
+                             int(D is not None and D.dim() == 2), ptr(z), 0 if z is None else z.stride(1),
                              torch.get_num_threads() if threads is None else threads)
     return y, final, H

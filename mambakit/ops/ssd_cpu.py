@@ -4,8 +4,9 @@ ssd_scan_chunked (the same algorithm in PyTorch ops) and ssd_scan_ref (the spec)
 outputs, final states and gradients.
 
 Two paths:
-- inference (autograd not needed): Δ applied in one pass, no padding (the kernel takes a short
-  last chunk), no chunk states kept — only what prefill needs;
+- inference (autograd not needed): Δx built, and the D skip and gate applied, inside the kernel
+  (x and z read in place), no padding (the kernel takes a short last chunk), no chunk states
+  kept — only what prefill needs;
 - training: ssd_scan_chunked with `fused=True`: ChunkScan's forward runs in C++ and also writes the
   chunk states that its hand-written PyTorch backward reads; the backward is unchanged.
 fp64 inputs (kept exact for gradcheck) go to ssd_scan_chunked unfused.
@@ -20,6 +21,7 @@ in L1/L2 at 64, and the training step agreed (see benchmarks/bench_mamba2.py's s
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -60,13 +62,19 @@ def ssd_scan_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_s
     b, l, h, p = x.shape
     Q = min(chunk_size, l)
     c = -(-l // Q)
-    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit, ct)                  # (b, l, h)
-    a = dt * A.to(ct)                                                           # log Ā: (b, l, h)
-    xdt = x.to(ct) * dt[..., None]                                              # Δ x: (b, l, h, p)
     seg = None if reset is None else F.pad(reset.long(), (0, c * Q - l)).view(b, c, Q).cumsum(-1)
     h0 = None if initial_states is None else initial_states.to(ct)
-    y, final, _ = chunk_scan_fwd_cpu(xdt, a, B.to(ct), C.to(ct), h0, seg, Q)
-    y = skip_and_gate(y, x, D, z).to(x.dtype)
+    f32 = lambda t: None if t is None else t.to(ct)
+    if x.dtype == ct and (z is None or z.dtype == ct):
+        # Δ, Δx, the D skip and the gate inside the kernel: x, z, dt, B and C read in place
+        lo, hi = dt_limit if tuple(dt_limit) != NO_LIMIT else (-math.inf, math.inf)
+        y, final, _ = chunk_scan_fwd_cpu(None, None, f32(B), f32(C), h0, seg, Q, x=x, dt=f32(dt), A=f32(A),
+                                         dt_bias=f32(dt_bias), dt_softplus=dt_softplus, dt_limit=(lo, hi),
+                                         D=f32(D), z=z)
+    else:
+        dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit, ct)              # (b, l, h)
+        y, final, _ = chunk_scan_fwd_cpu(x.to(ct) * dt[..., None], dt * A.to(ct), f32(B), f32(C), h0, seg, Q)
+        y = skip_and_gate(y, x, D, z).to(x.dtype)
     return (y, final) if return_final_states else y
 
 

@@ -19,7 +19,10 @@
 // Reference twin: ChunkScan's PyTorch forward (and ssd_scan_ref); tests compare them. The Python
 // side (ops/ssd_chunk_scan.py) checks every shape and dtype before calling.
 //
-// Layouts, all contiguous fp32: xdt, y (b, l, h, p); a (b, l, h); B, C (b, l, g, n);
+// Prefill passes x (rows at stride xs), Δ and optionally D and z instead of xdt: Δx is built per
+// chunk in cache and the D skip and gate applied to each output row while it is there, which saves
+// three full passes over (b, l, h, p) tensors (ssd_cpu.py's inference path).
+// Layouts, all contiguous fp32 unless strided: xdt, y (b, l, h, p); a (b, l, h); B, C (b, l, g, n);
 // CB (b, c, g, Q, Q) with CB[t, s] = C_{kQ+t} · B_{kQ+s} (rows/columns past l unused); h0, final
 // (b, h, p, n); seg (b, c, Q) int64 or NULL; H (b, c, g, n, hg·p) or NULL: the state entering each
 // chunk, head j of a group in columns [j·p, (j+1)·p) — the layout ChunkScan's backward reads.
@@ -44,6 +47,15 @@ struct Problem {
   const int64_t* seg;
   float *y, *final, *H;
   int64_t b, l, h, p, g, n, Q, c;
+  // Prefill's fused prologue/epilogue (x non-NULL, xdt NULL): Δx built per chunk from x (rows at
+  // stride xs) and Δ (b, l, h); then y += D x (D per head, or per channel if D_per_channel) and
+  // y *= SiLU(z) (rows at stride zs) when D / z are given.
+  // Δ itself is made here too: Δ = clamp(softplus?(dt + dt_bias), lo, hi), dt rows at stride dts,
+  // and log Ā = Δ A; B and C rows at stride bs (views into the conv output).
+  const float *x, *dt, *D, *z, *dt_bias, *A;
+  int64_t xs, zs, dts, bs;
+  int32_t D_per_channel, softplus;
+  float dt_lo, dt_hi;
 };
 
 // out (R × W) += A (R × K) · Bm (K × W): the register tile of the small matrix products below.
@@ -94,11 +106,13 @@ inline void gemm_acc(float* out, int64_t ldo, const float* A, int64_t lda, const
 void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
   const int64_t p = P.p, n = P.n, Q = P.Q, h = P.h, g = P.g;
   const int64_t hg = h / g, gi = hi / hg, j = hi % hg;
-  // work: state S (n × p), M (Q × Q), BwT (n × Q), cum / into / to_end (Q each)
+  // work: state S (n × p), M (Q × Q), BwT (n × Q), cum / into / to_end (Q each), Δx (Q × p)
   float* S = work;
   float* M = S + n * p;
   float* BwT = M + Q * Q;
   float *cum = BwT + n * Q, *into = cum + Q, *to_end = into + Q;
+  float* Xc = to_end + Q;
+  float* delta = Xc + Q * p;
 
   if (P.h0) {
     const float* h0 = P.h0 + (bi * h + hi) * p * n;
@@ -108,11 +122,12 @@ void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
     std::fill(S, S + n * p, 0.0f);
   }
 
-  const int64_t xrow = h * p, arow = h, brow = g * n;  // strides between positions
+  const int64_t xrow = h * p, arow = h, brow = P.bs;  // strides between positions
   for (int64_t k = 0; k < P.c; ++k) {
     const int64_t t0 = k * Q, Qk = std::min(Q, P.l - t0), last = Qk - 1;
-    const float* xk = P.xdt + (bi * P.l + t0) * xrow + hi * p;   // row t at xk + t·xrow
-    const float* ak = P.a + (bi * P.l + t0) * arow + hi;
+    const float* xk = P.xdt ? P.xdt + (bi * P.l + t0) * xrow + hi * p : nullptr;  // row t: xk + t·xs_k
+    int64_t xs_k = xrow;
+    const float* ak = P.a ? P.a + (bi * P.l + t0) * arow + hi : nullptr;
     const float* Bk = P.B + (bi * P.l + t0) * brow + gi * n;
     const float* Ck = P.C + (bi * P.l + t0) * brow + gi * n;
     const float* CBk = P.CB + ((bi * P.c + k) * g + gi) * Q * Q;
@@ -120,7 +135,26 @@ void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
     float* yk = P.y + (bi * P.l + t0) * xrow + hi * p;
 
     float run = 0.0f;
-    for (int64_t t = 0; t < Qk; ++t) cum[t] = (run += ak[t * arow]);
+    if (P.x) {  // Δ, log Ā and Δx for this chunk and head; Δx built once into a (Q × p) block
+      const float* dtr = P.dt + (bi * P.l + t0) * P.dts + hi;
+      const float bias = P.dt_bias ? P.dt_bias[hi] : 0.0f, Ah = P.A[hi];
+      for (int64_t t = 0; t < Qk; ++t) {
+        float d = dtr[t * P.dts] + bias;
+        if (P.softplus) d = softplus_(d);
+        delta[t] = d < P.dt_lo ? P.dt_lo : (d > P.dt_hi ? P.dt_hi : d);
+        cum[t] = (run += delta[t] * Ah);
+      }
+      const float* xr = P.x + (bi * P.l + t0) * P.xs + hi * p;
+      for (int64_t t = 0; t < Qk; ++t) {
+        const float d = delta[t];
+#pragma omp simd
+        for (int64_t q = 0; q < p; ++q) Xc[t * p + q] = xr[t * P.xs + q] * d;
+      }
+      xk = Xc;
+      xs_k = p;
+    } else {
+      for (int64_t t = 0; t < Qk; ++t) cum[t] = (run += ak[t * arow]);
+    }
     const int64_t seg_last = sk ? sk[last] : 0;
     for (int64_t t = 0; t < Qk; ++t) {
       into[t] = (!sk || sk[t] == 0) ? decay_(cum[t]) : 0.0f;
@@ -157,14 +191,37 @@ void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
 #pragma omp simd
       for (int64_t q = 0; q < p; ++q) yt[q] *= s;
     }
-    gemm_acc(yk, xrow, M, Q, xk, xrow, Qk, Qk, p, true);
+    gemm_acc(yk, xrow, M, Q, xk, xs_k, Qk, Qk, p, true);
+    if (P.x && (P.D || P.z)) {  // the D skip and the gate, while the rows are in cache
+      const float* xr = P.x + (bi * P.l + t0) * P.xs + hi * p;
+      const float* zr = P.z ? P.z + (bi * P.l + t0) * P.zs + hi * p : nullptr;
+      const float* Dh = P.D ? P.D + (P.D_per_channel ? hi * p : hi) : nullptr;
+      for (int64_t t = 0; t < Qk; ++t) {
+        float* yt = yk + t * xrow;
+        const float* xt = xr + t * P.xs;
+        if (Dh) {
+          if (P.D_per_channel) {
+#pragma omp simd
+            for (int64_t q = 0; q < p; ++q) yt[q] += Dh[q] * xt[q];
+          } else {
+#pragma omp simd
+            for (int64_t q = 0; q < p; ++q) yt[q] += Dh[0] * xt[q];
+          }
+        }
+        if (zr) {
+          const float* zt = zr + t * P.zs;
+#pragma omp simd
+          for (int64_t q = 0; q < p; ++q) yt[q] *= zt[q] * sigmoid_(zt[q]);
+        }
+      }
+    }
 
     // State passing: S <- through · S + Σ_s to_end_s B_s ⊗ Δx_s (rows of S along n).
     for (int64_t s = 0; s < Qk; ++s)
       for (int64_t r = 0; r < n; ++r) BwT[r * Q + s] = Bk[s * brow + r] * to_end[s];
 #pragma omp simd
     for (int64_t q = 0; q < n * p; ++q) S[q] *= through;
-    gemm_acc(S, p, BwT, Q, xk, xrow, n, Qk, p, false);
+    gemm_acc(S, p, BwT, Q, xk, xs_k, n, Qk, p, false);
   }
 
   float* fin = P.final + (bi * h + hi) * p * n;
@@ -179,9 +236,13 @@ extern "C" {
 void mk_ssd_chunk_fwd_f32(const float* xdt, const float* a, const float* B, const float* C,
                           const float* CB, const float* h0, const int64_t* seg, float* y,
                           float* final, float* H, int64_t b, int64_t l, int64_t h, int64_t p,
-                          int64_t g, int64_t n, int64_t Q, int32_t threads) {
-  const Problem P{xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, (l + Q - 1) / Q};
-  const int64_t work = n * p + Q * Q + n * Q + 3 * Q;
+                          int64_t g, int64_t n, int64_t Q, int64_t bs, const float* x, int64_t xs,
+                          const float* dt, int64_t dts, const float* dt_bias, int32_t softplus,
+                          float dt_lo, float dt_hi, const float* A, const float* D,
+                          int32_t D_per_channel, const float* z, int64_t zs, int32_t threads) {
+  const Problem P{xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, (l + Q - 1) / Q,
+                  x, dt, D, z, dt_bias, A, xs, zs, dts, bs, D_per_channel, softplus, dt_lo, dt_hi};
+  const int64_t work = n * p + Q * Q + n * Q + 4 * Q + Q * p;
   const int nt = threads > 0 ? threads : omp_get_max_threads();
 #pragma omp parallel num_threads(nt)
   {

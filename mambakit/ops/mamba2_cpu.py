@@ -89,9 +89,9 @@ def rms_norm_gated(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, g
     if y.numel() == 0 or not _fused_ok(y, z, weight):
         return rms_norm_gated_ref(y, z, weight, eps, group_size, norm_before_gate)
     y2, z2 = _as_rows(y, d), None if z is None else _as_rows(z, d)
-    out = y.new_empty(y.shape)
+    out, weight = y.new_empty(y.shape), weight.contiguous()  # named: alive through the call
     library().mk_rmsnorm_gated_f32(ptr(y2), y2.stride(0), ptr(z2), 0 if z2 is None else z2.stride(0),
-                                   ptr(weight.contiguous()), ptr(out), y2.shape[0], d, group_size,
+                                   ptr(weight), ptr(out), y2.shape[0], d, group_size,
                                    float(eps), int(norm_before_gate), torch.get_num_threads())
     return out
 

@@ -161,3 +161,26 @@ def test_bad_shapes_are_refused_before_the_kernel(change, message):
     t = change(dict(xdt=xdt, a=a, B=B, C=C, h0=h0, seg=seg, Q=4))
     with pytest.raises(ValueError, match=message):
         chunk_scan_fwd_cpu(**t)
+
+
+@pytest.mark.parametrize("D_kind", ["h", "hp", None])
+def test_prefill_reads_views_of_the_projection_in_place(D_kind):
+    """The mixer hands x, z, dt, B and C as column slices of one (b, l, ·) matmul output; the
+    kernel reads them at their row stride (dt_limit clamps inside it too) and equals the spec."""
+    b, l, h, p, g, n = 2, 21, 4, 3, 2, 5
+    gen = torch.Generator().manual_seed(3)
+    widths = [h * p, h * p, g * n, g * n, h]                                   # z, x, B, C, dt
+    big = torch.randn(b, l, sum(widths) + 3, generator=gen)
+    z, x, B, C, dt = big[..., 3:].split(widths, dim=-1)
+    kw = dict(x=x.view(b, l, h, p), dt=dt, A=-torch.rand(h, generator=gen) - 0.1, B=B.view(b, l, g, n),
+              C=C.view(b, l, g, n), D={"h": torch.randn(h), "hp": torch.randn(h, p), None: None}[D_kind],
+              z=z.view(b, l, h, p), dt_bias=torch.randn(h, generator=gen) * 0.3,
+              initial_states=torch.randn(b, h, p, n, generator=gen))
+    assert not kw["x"].is_contiguous()
+    with torch.no_grad():
+        for limit in [(0.0, float("inf")), (0.2, 0.9)]:
+            want = ssd_scan(**{k: v if v is None else v.contiguous() for k, v in kw.items()}, chunk_size=8,
+                            dt_softplus=True, dt_limit=limit, return_final_states=True, backend="ref")
+            got = ssd_scan_cpu(**kw, chunk_size=8, dt_softplus=True, dt_limit=limit, return_final_states=True)
+            for t, w in zip(got, want):
+                torch.testing.assert_close(t, w, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,96 @@
+"""The Mamba-2 mixer's fused prefill stages (csrc/mamba2_rows.cpp via ops/mamba2_cpu.py) against
+their PyTorch twins: conv + SiLU over in_proj's rows (in place, with and without a carried state,
+short sequences), the gated grouped RMSNorm (both gate orders, strided z); the AVX2-only and
+scalar builds; autograd and other dtypes taking the twin; shapes refused before the kernel."""
+import os
+import platform
+import shutil
+
+import pytest
+import torch
+
+from mambakit.ops.cpu_kernels import available, build_for, library, ptr
+from mambakit.ops.mamba2_cpu import conv_silu_rows, conv_silu_rows_ref, rms_norm_gated, rms_norm_gated_ref
+
+pytestmark = pytest.mark.skipif(available(torch.device("cpu")) is not None,
+                                reason=f"compiled kernels unavailable: {available(torch.device('cpu'))}")
+
+
+def in_proj_rows(b, l, d, extra=7, seed=0):
+    """A (b, l, d) column slice of a wider matmul-like output: rows at stride d + extra."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(b, l, d + extra, generator=gen)[..., 3:3 + d]
+
+
+@pytest.mark.parametrize("b, l, d, k", [(1, 1, 5, 4), (2, 2, 9, 4), (1, 37, 33, 4), (2, 19, 16, 2), (1, 8, 7, 5)])
+@pytest.mark.parametrize("with_state, with_bias", [(False, True), (True, True), (True, False)])
+def test_conv_silu_rows_matches_its_twin(b, l, d, k, with_state, with_bias):
+    x = in_proj_rows(b, l, d)
+    w, bias = torch.randn(d, k), torch.randn(d) if with_bias else None
+    state = torch.randn(b, d, k - 1) if with_state else None
+    y_ref, s_ref = conv_silu_rows_ref(x, w, bias, state)
+    with torch.no_grad():
+        y, s = conv_silu_rows(x, w, bias, state)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s, s_ref)                                     # the raw inputs: exact
+
+
+@pytest.mark.parametrize("shape, group", [((1, 5, 12), 12), ((2, 3, 12), 4), ((7, 64), 16), ((2, 2, 3, 10), 5)])
+@pytest.mark.parametrize("gate", ["after", "before", None])
+def test_rms_norm_gated_matches_its_twin(shape, group, gate):
+    d = shape[-1]
+    y = torch.randn(shape)
+    z = None if gate is None else torch.randn(*shape[:-1], d + 5)[..., 2:2 + d]   # strided, as in_proj's z
+    w = torch.randn(d)
+    want = rms_norm_gated_ref(y, z, w, 1e-5, group, norm_before_gate=gate == "before")
+    with torch.no_grad():
+        got = rms_norm_gated(y, z, w, 1e-5, group, norm_before_gate=gate == "before")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_autograd_and_other_dtypes_take_the_twin():
+    x, w = in_proj_rows(1, 6, 8).requires_grad_(True), torch.randn(8, 4)
+    y, _ = conv_silu_rows(x, w)
+    y.sum().backward()
+    assert x.grad is not None
+    y16, z16 = torch.randn(2, 8, dtype=torch.bfloat16), torch.randn(2, 8, dtype=torch.bfloat16)
+    out = rms_norm_gated(y16, z16, torch.ones(8), 1e-5, 8)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, rms_norm_gated_ref(y16, z16, torch.ones(8), 1e-5, 8))
+
+
+def _targets():
+    targets = ["native"]
+    if platform.machine() in ("x86_64", "AMD64") and shutil.which(os.environ.get("CXX", "g++")):
+        targets += ["x86-64-v3", "x86-64"]
+    return targets
+
+
+@pytest.mark.parametrize("march", _targets())
+def test_each_isa_build_matches_the_twins(march):
+    lib = library() if march == "native" else build_for(march, ("mamba2_rows.cpp",))
+    b, l, d, k = 2, 11, 19, 4
+    x, w, bias, state = torch.randn(b, l, d), torch.randn(d, k), torch.randn(d), torch.randn(b, d, k - 1)
+    y, s, wT = torch.empty(b, l, d), torch.empty(b, d, k - 1), w.t().contiguous()  # wT named: kept alive
+    lib.mk_conv_silu_rows_f32(ptr(x), d, ptr(state), ptr(wT), ptr(bias), ptr(y), ptr(s),
+                              b, l, d, k, 1, 2)
+    y_ref, s_ref = conv_silu_rows_ref(x, w, bias, state)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s, s_ref)
+    yy, z, nw, out = torch.randn(5, 12), torch.randn(5, 12), torch.randn(12), torch.empty(5, 12)
+    lib.mk_rmsnorm_gated_f32(ptr(yy), 12, ptr(z), 12, ptr(nw), ptr(out), 5, 12, 4, 1e-5, 0, 2)
+    torch.testing.assert_close(out, rms_norm_gated_ref(yy, z, nw, 1e-5, 4), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: conv_silu_rows(torch.randn(1, 4, 6), torch.randn(5, 4)), "weight"),
+    (lambda: conv_silu_rows(torch.randn(1, 4, 6), torch.randn(6, 4), torch.randn(5)), "bias"),
+    (lambda: conv_silu_rows(torch.randn(1, 4, 6), torch.randn(6, 4), None, torch.randn(1, 6, 2)), "state"),
+    (lambda: rms_norm_gated(torch.randn(2, 6), torch.randn(2, 5), torch.ones(6), 1e-5, 6), "z must"),
+    (lambda: rms_norm_gated(torch.randn(2, 6), None, torch.ones(6), 1e-5, 4), "group_size"),
+])
+def test_bad_shapes_are_refused_before_the_kernel(call, message):
+    with pytest.raises(ValueError, match=message):
+        with torch.no_grad():
+            call()

@@ -62,12 +62,13 @@ struct Problem {
   float dt_lo, dt_hi;
 };
 
-// out (R × W) += A (R × K) · Bm (K × W): the register tile of the small matrix products below.
+// out (R × W) += A (R × K) · Bm (K × W), A[i, k] at A[i·ars + k·acs]: the register tile of the
+// small matrix products below (acs != 1 reads A transposed, e.g. Bᵀ straight from B's rows).
 // Accumulators stay in registers (R·W floats: 16 AVX2 or 8 AVX-512 registers at 4 × 32); each
 // row of Bm loaded once feeds R rows, so loads stay below the FMAs.
 template <int R, int W>
-inline void tile(float* __restrict out, int64_t ldo, const float* __restrict A, int64_t lda,
-                 const float* __restrict Bm, int64_t ldb, int64_t K) {
+inline void tile(float* __restrict out, int64_t ldo, const float* __restrict A, int64_t ars,
+                 int64_t acs, const float* __restrict Bm, int64_t ldb, int64_t K) {
   float acc[R][W];
 #pragma GCC unroll 4
   for (int i = 0; i < R; ++i)
@@ -77,7 +78,7 @@ inline void tile(float* __restrict out, int64_t ldo, const float* __restrict A, 
     const float* b = Bm + k * ldb;
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
-      const float s = A[i * lda + k];
+      const float s = A[i * ars + k * acs];
 #pragma omp simd
       for (int w = 0; w < W; ++w) acc[i][w] += s * b[w];
     }
@@ -89,32 +90,33 @@ inline void tile(float* __restrict out, int64_t ldo, const float* __restrict A, 
 }
 
 template <int R>
-inline void tile_cols(float* out, int64_t ldo, const float* A, int64_t lda, const float* Bm,
-                      int64_t ldb, int64_t K, int64_t cols) {
+inline void tile_cols(float* out, int64_t ldo, const float* A, int64_t ars, int64_t acs,
+                      const float* Bm, int64_t ldb, int64_t K, int64_t cols) {
   int64_t w = 0;
-  for (; w + 32 <= cols; w += 32) tile<R, 32>(out + w, ldo, A, lda, Bm + w, ldb, K);
-  for (; w + 8 <= cols; w += 8) tile<R, 8>(out + w, ldo, A, lda, Bm + w, ldb, K);
-  for (; w < cols; ++w) tile<R, 1>(out + w, ldo, A, lda, Bm + w, ldb, K);
+  for (; w + 32 <= cols; w += 32) tile<R, 32>(out + w, ldo, A, ars, acs, Bm + w, ldb, K);
+  for (; w + 8 <= cols; w += 8) tile<R, 8>(out + w, ldo, A, ars, acs, Bm + w, ldb, K);
+  for (; w < cols; ++w) tile<R, 1>(out + w, ldo, A, ars, acs, Bm + w, ldb, K);
 }
 
 // out (rows × cols) += A (rows × K) · Bm (K × cols); with `lower`, row i only needs k ≤ i (A is
 // zero above its diagonal, so a block of rows stops at its last row's diagonal).
-inline void gemm_acc(float* out, int64_t ldo, const float* A, int64_t lda, const float* Bm,
-                     int64_t ldb, int64_t rows, int64_t K, int64_t cols, bool lower) {
+inline void gemm_acc(float* out, int64_t ldo, const float* A, int64_t ars, int64_t acs,
+                     const float* Bm, int64_t ldb, int64_t rows, int64_t K, int64_t cols, bool lower) {
   int64_t i = 0;
   for (; i + 4 <= rows; i += 4)
-    tile_cols<4>(out + i * ldo, ldo, A + i * lda, lda, Bm, ldb, lower ? i + 4 : K, cols);
-  for (; i < rows; ++i) tile_cols<1>(out + i * ldo, ldo, A + i * lda, lda, Bm, ldb, lower ? i + 1 : K, cols);
+    tile_cols<4>(out + i * ldo, ldo, A + i * ars, ars, acs, Bm, ldb, lower ? i + 4 : K, cols);
+  for (; i < rows; ++i)
+    tile_cols<1>(out + i * ldo, ldo, A + i * ars, ars, acs, Bm, ldb, lower ? i + 1 : K, cols);
 }
 
 void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
   const int64_t p = P.p, n = P.n, Q = P.Q, h = P.h, g = P.g;
   const int64_t hg = h / g, gi = hi / hg, j = hi % hg;
-  // work: state S (n × p), M (Q × Q), BwT (n × Q), cum / into / to_end (Q each), Δx (Q × p)
+  // work: state S (n × p), M (Q × Q), to_end ∘ Δx (Q × p), cum / into / to_end (Q each), Δx (Q × p)
   float* S = work;
   float* M = S + n * p;
-  float* BwT = M + Q * Q;
-  float *cum = BwT + n * Q, *into = cum + Q, *to_end = into + Q;
+  float* Xw = M + Q * Q;
+  float *cum = Xw + Q * p, *into = cum + Q, *to_end = into + Q;
   float* Xc = to_end + Q;
   float* delta = Xc + Q * p;
 
@@ -188,14 +190,14 @@ void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
 
     // Outputs: y_t = into_t · (C_t S) + Σ_{s≤t} M[t, s] Δx_s.
     for (int64_t t = 0; t < Qk; ++t) std::fill(yk + t * xrow, yk + t * xrow + p, 0.0f);
-    gemm_acc(yk, xrow, Ck, brow, S, p, Qk, n, p, false);
+    gemm_acc(yk, xrow, Ck, brow, 1, S, p, Qk, n, p, false);
     for (int64_t t = 0; t < Qk; ++t) {
       float* yt = yk + t * xrow;
       const float s = into[t];
 #pragma omp simd
       for (int64_t q = 0; q < p; ++q) yt[q] *= s;
     }
-    gemm_acc(yk, xrow, M, Q, xk, xs_k, Qk, Qk, p, true);
+    gemm_acc(yk, xrow, M, Q, 1, xk, xs_k, Qk, Qk, p, true);
     if (P.x && (P.D || P.z)) {  // the D skip and the gate, while the rows are in cache
       const float* xr = P.x + (bi * P.l + t0) * P.xs + hi * p;
       const float* zr = P.z ? P.z + (bi * P.l + t0) * P.zs + hi * p : nullptr;
@@ -220,12 +222,16 @@ void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
       }
     }
 
-    // State passing: S <- through · S + Σ_s to_end_s B_s ⊗ Δx_s (rows of S along n).
-    for (int64_t s = 0; s < Qk; ++s)
-      for (int64_t r = 0; r < n; ++r) BwT[r * Q + s] = Bk[s * brow + r] * to_end[s];
+    // State passing: S <- through · S + Bᵀ (to_end ∘ Δx) (rows of S along n; Bᵀ read in place).
+    for (int64_t s = 0; s < Qk; ++s) {
+      const float w = to_end[s];
+      const float* xs = xk + s * xs_k;
+#pragma omp simd
+      for (int64_t q = 0; q < p; ++q) Xw[s * p + q] = w * xs[q];
+    }
 #pragma omp simd
     for (int64_t q = 0; q < n * p; ++q) S[q] *= through;
-    gemm_acc(S, p, BwT, Q, xk, xs_k, n, Qk, p, false);
+    gemm_acc(S, p, Bk, 1, brow, Xw, p, n, Qk, p, false);
   }
 
   float* fin = P.final + (bi * h + hi) * p * n;
@@ -246,7 +252,7 @@ void mk_ssd_chunk_fwd_f32(const float* xdt, const float* a, const float* B, cons
                           int32_t D_per_channel, const float* z, int64_t zs, int32_t threads) {
   const Problem P{xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, (l + Q - 1) / Q,
                   x, dt, D, z, dt_bias, A, xs, zs, dts, bs, D_per_channel, softplus, dt_lo, dt_hi};
-  const int64_t work = n * p + Q * Q + n * Q + 4 * Q + Q * p;
+  const int64_t work = n * p + Q * Q + 2 * Q * p + 4 * Q;
   const int nt = threads > 0 ? threads : omp_get_max_threads();
 #pragma omp parallel num_threads(nt)
   {

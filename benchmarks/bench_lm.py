@@ -83,10 +83,16 @@ def _mambapy(size: dict):
 
 
 def _ours_mamba2(size: dict):
+    """`ssd_cpu_chunk` in size (not a config field) sets the CPU SSD backend's own chunk size, the
+    one that matters on CPU (the config's chunk_size is the GPU kernels' tile; see ops/ssd_cpu.py)."""
     import torch
 
     from mambakit import Mamba2Config, Mamba2LM
+    from mambakit.ops import ssd_cpu
 
+    size = dict(size)
+    if "ssd_cpu_chunk" in size:
+        ssd_cpu.CPU_CHUNK_SIZE = size.pop("ssd_cpu_chunk")
     torch.manual_seed(0)
     return Mamba2LM(Mamba2Config(**size))
 

@@ -2,7 +2,9 @@
 L=2048, decode ms/token at context 128 and 8192, training step B=1 L=512 — side by side in one run
 with transformers' Mamba2ForCausalLM (its PyTorch path; mamba_ssm is not installed) and with our
 Mamba-1 of the same width and depth. Sweeps pick the SSD chunk size by measurement, one for prefill
-(used for decoding too) and one for the training step.
+(used for decoding too) and one for the training step: on CPU the chunk that matters is the "cpu"
+SSD backend's own (ops/ssd_cpu.CPU_CHUNK_SIZE, swept here through bench_lm's `ssd_cpu_chunk`);
+the config's chunk_size is the GPU kernels' tile and leaves the CPU path unchanged.
 
 Reuses bench_lm.py's cases: each measurement runs in its own subprocess (peak RSS per case),
 medians of several runs. The machine may be shared: compare ratios within one run only.
@@ -25,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_lm import RESULTS, plot, run_case  # noqa: E402
 
-CHUNKS = (64, 128, 256)
+CHUNKS = (32, 64, 128)
 
 
 def case(name: str, **kwargs) -> dict:
@@ -54,13 +56,13 @@ def main() -> None:
     for chunk in args.chunks:
         print(f"[mambakit-mamba2] chunk_size={chunk} prefill L={prefill_len} ...", flush=True)
         results["chunk_sweep"][str(chunk)] = case("prefill", impl="mambakit-mamba2",
-                                                      size={**size, "chunk_size": chunk},
+                                                      size={**size, "ssd_cpu_chunk": chunk},
                                                       length=prefill_len, repeats=args.repeats)
     best = max(args.chunks, key=lambda c: results["chunk_sweep"][str(c)].get("tokens_per_s", 0))
     results["chunk_size"] = best
     print(f"chunk size by measurement: {best}", flush=True)
 
-    sizes = {"mambakit-mamba2": {**size, "chunk_size": best}, "transformers-mamba2": size, "mambakit": size}
+    sizes = {"mambakit-mamba2": {**size, "ssd_cpu_chunk": best}, "transformers-mamba2": size, "mambakit": size}
     # Cheapest and most telling first (prefill, then short-context decode, long-context decode,
     # training), so that a run cut short on a busy machine keeps the comparisons that matter most.
     results["prefill"]["mambakit-mamba2"] = results["chunk_sweep"][str(best)]  # at the chosen chunk
@@ -80,7 +82,7 @@ def main() -> None:
     for chunk in args.chunks:
         print(f"[mambakit-mamba2] chunk_size={chunk} train step L={train_len} ...", flush=True)
         results["train_chunk_sweep"][str(chunk)] = case("train", impl="mambakit-mamba2",
-                                                        size={**size, "chunk_size": chunk},
+                                                        size={**size, "ssd_cpu_chunk": chunk},
                                                         length=train_len, repeats=args.repeats)
     train_best = min(args.chunks, key=lambda c: results["train_chunk_sweep"][str(c)].get("seconds", float("inf")))
     results["train_chunk_size"] = train_best

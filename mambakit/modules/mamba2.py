@@ -5,6 +5,10 @@ Glossary: b batch, l length, d_model residual width, d_in = expand·d_model SSM 
 h = d_in / headdim heads of p = headdim channels, g = ngroups B/C groups, n = d_state,
 k = d_conv. Parameter names and initialisation follow mamba_ssm's Mamba2 module (in_proj, conv1d,
 dt_bias, A_log, D, norm, out_proj), so its checkpoints load key for key.
+
+On CPU at inference (prefill) the stages between the two matmuls are three fused passes that read
+in_proj's output in place: conv + SiLU (ops/mamba2_cpu.py), the SSD with Δ, D and the gate
+(ops/ssd_cpu.py), the gated RMSNorm; each falls back to its PyTorch twin when autograd needs it.
 """
 from __future__ import annotations
 

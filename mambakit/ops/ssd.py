@@ -229,7 +229,10 @@ def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size:
     Returns y (b, l, h, p) in x's dtype, or (y, final_states (b, h, p, n) fp32) when
     `return_final_states`. `initial_states` (b, h, p, n) continues from a carried state; `reset`
     (b, l) bool zeroes the state where a packed document starts. `chunk_size` only matters to the
-    chunked backend. backend: "auto" | "ref" | "quadratic" | "chunked" | whatever is registered.
+    chunked and triton backends (the GPU kernels' tile: mamba_ssm's 256); the CPU backend "cpu"
+    (ops/ssd_cpu.py, "auto" on CPU) uses its own measured chunk, CPU_CHUNK_SIZE, since the results
+    are the same and its best tile is a property of the CPU's caches, not of the model.
+    backend: "auto" | "ref" | "quadratic" | "chunked" | "cpu" | whatever is registered.
     """
     check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, reset)
     impl = REGISTRY.resolve(backend, x.device)

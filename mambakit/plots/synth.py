@@ -41,6 +41,14 @@ def plot_synth_runs(results: Sequence[dict], path: str | os.PathLike) -> None:
     _save(fig, path)
 
 
+def plot_accuracy_vs_length(results: Sequence[dict], path: str | os.PathLike) -> None:
+    """Accuracy against test length alone (the paper's figure): for reports kept without their
+    per-step losses, e.g. experiments/results/."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _accuracy_lines(ax, results)
+    _save(fig, path)
+
+
 def plot_table1(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Accuracy per Table 1 row, ours (at the training length) beside the paper's."""
     fig, ax = plt.subplots(figsize=(8, 4))

@@ -20,6 +20,7 @@ from mambakit.modules.norm import RMSNorm
 from mambakit.ops import causal_conv1d, causal_conv1d_step, selective_scan, selective_state_update
 from mambakit.ops.block_step_cpu import MambaBlockStep
 from mambakit.ops.cpu_kernels import available as step_kernels_available
+from mambakit.ops.mamba_inner import MAX_D_CONV, mamba_inner
 from mambakit.ops.step_cpu import MAX_GEMV_ROWS
 
 
@@ -108,7 +109,12 @@ class MambaMixer(nn.Module):
         left padding, keeps pad tokens out of both states. `reset` (b, l) marks packed documents.
         """
         b, l, _ = hidden.shape
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)                   # (b, l, d_in) each
+        xz = self.in_proj(hidden)                                      # (b, l, 2 d_in)
+        if state is None and attention_mask is None and reset is None and self._fused_inner_applies(xz):
+            return mamba_inner(xz, self.conv1d.weight[:, 0, :], self.conv1d.bias, self.x_proj.weight,
+                               self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
+                               self.out_proj.weight, self.out_proj.bias)     # (b, l, d_model)
+        x, z = xz.chunk(2, dim=-1)                                     # (b, l, d_in) each
         x, z = x.transpose(1, 2), z.transpose(1, 2)                    # (b, d_in, l)
         mask = None if attention_mask is None else attention_mask[:, None, :].to(x.dtype)
         if mask is not None:
@@ -123,6 +129,18 @@ class MambaMixer(nn.Module):
         if state is not None:
             state.conv, state.ssm = conv_state, last
         return self.out_proj(y.transpose(1, 2))                        # (b, l, d_model)
+
+    def _fused_inner_applies(self, xz: Tensor) -> bool:
+        """Whether `ops.mamba_inner` (conv → scan → gate → out_proj fused, hand-written backward)
+        runs this forward: the CPU kernels, fp32 activations and float32 projection weights (an
+        nn.Linear or an fp32 PackedLinear), the scan not pinned to another backend. Otherwise the
+        unfused ops below run (its twin; tests compare them)."""
+        projections = (self.x_proj, self.dt_proj, self.out_proj)
+        return (self.scan_backend in ("auto", "cpu") and xz.device.type == "cpu" and xz.dtype == torch.float32
+                and xz.shape[0] * xz.shape[1] > 0 and self.d_conv <= MAX_D_CONV
+                and all(getattr(m, "scale", None) is None and m.weight.dtype == torch.float32 for m in projections)
+                and all(t.dtype == torch.float32 for t in (self.conv1d.weight, self.A_log, self.D))
+                and step_kernels_available(xz.device) is None)
 
     def step(self, hidden: Tensor, state: MambaState) -> Tensor:
         """One token: hidden (b, d_model) -> (b, d_model), updating `state`. O(1) in l."""

@@ -10,7 +10,8 @@ file + rename) beside a `.sum` file holding its size and sha256; a cached object
 hash no longer matches (a truncated copy, a disk error) is rebuilt, never loaded. If g++ is
 missing or compilation fails, `available()` says why and the ops' "auto" falls back to "ref".
 
-Leaves on top of this module: scan_cpu.py (selective scan fwd/bwd), step_cpu.py (one-token decode
+Leaves on top of this module: scan_cpu.py (selective scan fwd/bwd), mamba_inner.py (the Mamba
+mixer's conv + SiLU + scan + gate for whole sequences, training), step_cpu.py (one-token decode
 step and Mamba-2's SSD step, the matrix-vector products of decoding), block_step_cpu.py (a whole
 Mamba block's decode step in one call), ssd_chunk_scan.py / ssd_cpu.py (Mamba-2's chunked SSD
 forward) and mamba2_cpu.py (its conv + SiLU and gated RMSNorm for prefill). A new kernel is a csrc/ file
@@ -36,7 +37,7 @@ from torch import Tensor
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp", CSRC / "ssd_step.cpp",
            CSRC / "gemv.cpp", CSRC / "mamba_block_step.cpp", CSRC / "ssd_chunk.cpp",
-           CSRC / "mamba2_rows.cpp"]  # linked into one library
+           CSRC / "mamba2_rows.cpp", CSRC / "causal_conv1d.cpp"]  # linked into one library
 HEADERS = [CSRC / "fastmath.h"]
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17"]  # plus -march: native unless a test asks
 
@@ -91,6 +92,10 @@ _SIGNATURES = {
     "mk_conv_silu_rows_f32": [_P, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I32, _I32],
     # y, y_stride, z, z_stride, w, out, rows, d, group, eps, norm_before_gate, threads
     "mk_rmsnorm_gated_f32": [_P, _I, _P, _I, _P, _P, _I, _I, _I, ctypes.c_float, _I32, _I32],
+    # x, x_bstride, x_lstride, w, bias, u, scratch, b, d, l, k, threads
+    "mk_conv1d_silu_fwd_f32": [_P, _I, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32],
+    # x, x_bstride, x_lstride, w, bias, du, dx, dx_bstride, dx_lstride, dw, dbias, scratch, b, d, l, k, threads
+    "mk_conv1d_silu_bwd_f32": [_P, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I32],
 }
 _RESTYPES = {"mk_gemv_arithmetic": ctypes.c_int32}  # every other symbol returns void
 

@@ -4,6 +4,8 @@ import math
 import pytest
 import torch
 
+from mambakit import MambaConfig, MambaLM
+from mambakit.ops.cpu_kernels import available
 from tests.conftest import tiny_mamba
 
 
@@ -84,3 +86,37 @@ def test_training_reduces_loss_on_a_repeating_pattern():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert losses[0] == pytest.approx(math.log(56), rel=0.2)
+
+
+@pytest.mark.skipif(available(torch.device("cpu")) is not None, reason="no C++ compiler")
+def test_lm_fused_training_step_equals_the_unfused_ops():
+    """MambaLM's forward, loss and every parameter gradient with the fused mixer ("auto" on CPU)
+    equal those of the unfused ops with the reference scan, on a batch of odd length."""
+    torch.manual_seed(0)
+    cfg = MambaConfig(d_model=32, n_layer=2, vocab_size=61, d_conv=3)
+    fused = MambaLM(cfg)
+    unfused = MambaLM(cfg)
+    unfused.load_state_dict(fused.state_dict())
+    unfused.set_scan_backend("ref")
+    ids = torch.randint(0, 61, (3, 45))
+    losses = []
+    for model in (fused, unfused):
+        loss = model(ids[:, :-1], targets=ids[:, 1:])
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+    for (name, p), q in zip(fused.named_parameters(), unfused.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5 * q.grad.abs().max().item() + 1e-7, rtol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.skipif(available(torch.device("cpu")) is not None, reason="no C++ compiler")
+def test_mixer_uses_the_fused_op_only_where_it_applies():
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=32, n_layer=1, vocab_size=61))
+    mixer = model.backbone.layers[0].mixer
+    xz = torch.randn(2, 5, 2 * mixer.d_inner)
+    assert mixer._fused_inner_applies(xz)
+    assert not mixer._fused_inner_applies(xz.double())
+    mixer.scan_backend = "ref"
+    assert not mixer._fused_inner_applies(xz)

@@ -1,0 +1,203 @@
+"""The Mamba mixer between its input and output projections as one autograd op with a
+hand-written backward (CPU, fp32, whole sequences from a zero state — what training runs):
+
+    x, z   = the two halves of xz = in_proj(hidden)    (b, l, d) views, never copied
+    u      = SiLU(conv1d(x) + conv_bias)               (b, d, l)   csrc/causal_conv1d.cpp
+    x_dbl  = u x_projᵀ = [dt_low, B, C]                (b, l, r + 2n)
+    Δ      = dt_proj dt_low                            (b, d, l)   softplus(Δ + dt_bias) in the scan
+    v      = S6(u, Δ, A = -exp(A_log), B, C, D)        (b, d, l)   csrc/selective_scan.cpp, ungated
+    y      = v · SiLU(z);  out = y out_projᵀ + b       (b, l, d_model)
+
+Why: autograd through the unfused ops keeps ~22 MB of (b, d, l) fp32 tensors per 130M layer at
+L = 512 (the padded conv input, the conv and SiLU outputs, contiguous copies of Δ and z, the
+scan's v, the gated y); this op keeps xz, v, x_dbl and the scan's checkpoints (~10 MB) and
+recomputes u, Δ and y in the backward: elementwise work and a rank-r GEMM, small beside the scan.
+torch's depthwise conv backward is also ~10x its forward on CPU; the kernel here is not.
+The twin is `mamba_inner_ref` (ops.causal_conv1d and ops.selective_scan_ref, autograd).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mambakit.ops import cpu_kernels, scan_cpu
+from mambakit.ops.conv import causal_conv1d
+from mambakit.ops.cpu_kernels import ptr
+from mambakit.ops.scan import selective_scan_ref
+
+MAX_D_CONV = 8  # the conv kernel's per-thread dw accumulator holds 8 taps
+
+
+def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor,
+                    dt_proj_weight: Tensor, dt_bias: Tensor, A_log: Tensor, D: Tensor, out_weight: Tensor,
+                    out_bias: Optional[Tensor] = None) -> Tensor:
+    """The spec: xz (b, l, 2d) -> (b, l, d_model). conv_weight (d, k), x_proj_weight (r + 2n, d),
+    dt_proj_weight (d, r), dt_bias, D (d,), A_log (d, n), out_weight (d_model, d)."""
+    r, n = dt_proj_weight.shape[1], A_log.shape[1]
+    x, z = (t.transpose(1, 2) for t in xz.chunk(2, dim=-1))                   # (b, d, l) each
+    u = F.silu(causal_conv1d(x, conv_weight, conv_bias)[0])                   # (b, d, l)
+    dt, B, C = F.linear(u.transpose(1, 2), x_proj_weight).split([r, n, n], dim=-1)
+    delta = F.linear(dt, dt_proj_weight).transpose(1, 2)                      # (b, d, l)
+    y = selective_scan_ref(u, delta, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2), D,
+                           z=z, delta_bias=dt_bias, delta_softplus=True)      # (b, d, l)
+    return F.linear(y.transpose(1, 2), out_weight, out_bias)                 # (b, l, d_model)
+
+
+def _conv_scratch(xz: Tensor, k: int, threads: int, rows: int) -> Tensor:
+    """Per-thread buffers of the conv kernel: `rows` blocks of 16 channels × (l + k - 1) steps."""
+    return xz.new_empty(threads, rows * 16, xz.shape[1] + k - 1)
+
+
+def conv1d_silu(xz: Tensor, weight: Tensor, bias: Optional[Tensor], lib=None) -> Tensor:
+    """SiLU(causal depthwise conv of xz's first half): xz (b, l, 2d) contiguous fp32, weight (d, k)
+    -> u (b, d, l). `lib`: another build of the kernels (tests); default the cached one."""
+    b, l, d2 = xz.shape
+    d, k = weight.shape
+    threads = torch.get_num_threads()
+    u, scratch = xz.new_empty(b, d, l), _conv_scratch(xz, k, threads, 1)   # held for the call
+    (lib or cpu_kernels.library()).mk_conv1d_silu_fwd_f32(
+        ptr(xz), l * d2, d2, ptr(weight), ptr(bias), ptr(u), ptr(scratch), b, d, l, k, threads)
+    return u
+
+
+def conv1d_silu_backward(xz: Tensor, weight: Tensor, bias: Optional[Tensor], du: Tensor, dxz: Tensor,
+                         lib=None) -> tuple[Tensor, Optional[Tensor]]:
+    """Gradients of `conv1d_silu` from du (b, d, l) contiguous: writes dx into dxz's first half
+    (b, l, 2d, contiguous); returns (dweight (d, k), dbias (d,) or None)."""
+    b, l, d2 = xz.shape
+    d, k = weight.shape
+    threads = torch.get_num_threads()
+    dw, db = torch.empty_like(weight), None if bias is None else torch.empty_like(bias)
+    scratch = _conv_scratch(xz, k, threads, 2)                                 # held for the call
+    (lib or cpu_kernels.library()).mk_conv1d_silu_bwd_f32(
+        ptr(xz), l * d2, d2, ptr(weight), ptr(bias), ptr(du), ptr(dxz), l * d2, d2, ptr(dw), ptr(db),
+        ptr(scratch), b, d, l, k, threads)
+    return dw, db
+
+
+def _scan_dims(b: int, d: int, l: int, n: int) -> dict:
+    return dict(b=b, d=d, l=l, n=n, g=1, chunk=scan_cpu.CHUNK, softplus=1,
+                threads=max(1, min(torch.get_num_threads(), b * d)))
+
+
+def _bc(x_dbl: Tensor, r: int, n: int) -> tuple[Tensor, Tensor]:
+    """B, C in the scan kernel's (b, 1, l, n) layout, from x_dbl (b, l, r + 2n)."""
+    return (x_dbl[:, None, :, r:r + n].contiguous(), x_dbl[:, None, :, r + n:].contiguous())
+
+
+class _MambaInner(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                out_weight, out_bias):
+        b, l, d2 = xz.shape
+        d, r, n = d2 // 2, dt_proj_weight.shape[1], A_log.shape[1]
+        u = conv1d_silu(xz, conv_weight, conv_bias)                             # (b, d, l)
+        x_dbl = F.linear(u.transpose(1, 2), x_proj_weight)                      # (b, l, r + 2n)
+        delta = torch.matmul(dt_proj_weight, x_dbl[..., :r].transpose(1, 2))    # (b, d, l)
+        A = -torch.exp(A_log)                                                   # (d, n)
+        B, C = _bc(x_dbl, r, n)
+        train = any(ctx.needs_input_grad)
+        v = torch.empty_like(u)                                                 # (b, d, l)
+        ckpt = u.new_empty(b, d, -(-l // scan_cpu.CHUNK), n) if train else None
+        scan_cpu._call("fwd", torch.float32, u=u, delta=delta, A=A, B=B, C=C, D=D, z=None, delta_bias=dt_bias,
+                       reset=None, h0=None, out=v, last=u.new_empty(b, d, n), ckpt=ckpt, v=None,
+                       **_scan_dims(b, d, l, n))
+        y = F.silu(xz[..., d:]).mul_(v.transpose(1, 2))                         # (b, l, d)
+        if train:
+            ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                                  out_weight, x_dbl, v, ckpt)
+            ctx.has_out_bias = out_bias is not None
+        return F.linear(y, out_weight, out_bias)                                # (b, l, d_model)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D, out_weight, x_dbl, v, ckpt = \
+            ctx.saved_tensors
+        b, l, d2 = xz.shape
+        d, r, n = d2 // 2, dt_proj_weight.shape[1], A_log.shape[1]
+        dims = _scan_dims(b, d, l, n)
+        dout = dout.contiguous()                                                # (b, l, d_model)
+        z = xz[..., d:]                                                         # (b, l, d)
+        sz = torch.sigmoid(z)
+        silu_z = z * sz
+        vt = v.transpose(1, 2)                                                  # (b, l, d) view
+        dy = dout @ out_weight                                                  # (b, l, d)
+        d_out_w = dout.flatten(0, 1).T @ (silu_z * vt).flatten(0, 1)            # (d_model, d)
+        d_out_b = dout.sum((0, 1)) if ctx.has_out_bias else None
+        dxz = torch.empty_like(xz)
+        # y = v · z σ(z):  dv = dy · SiLU(z),  dz = dy · v · σ(z)(1 + z(1 - σ(z)))
+        torch.mul(dy * vt, sz * (1 + z * (1 - sz)), out=dxz[..., d:])
+        dv = (dy * silu_z).transpose(1, 2).contiguous()                         # (b, d, l)
+        del dy, sz, silu_z
+
+        u = conv1d_silu(xz, conv_weight, conv_bias)                             # recomputed (b, d, l)
+        delta = torch.matmul(dt_proj_weight, x_dbl[..., :r].transpose(1, 2))    # recomputed (b, d, l)
+        A = -torch.exp(A_log)
+        B, C = _bc(x_dbl, r, n)
+        partial = u.new_zeros(2, dims["threads"], b, 1, l, n)                   # per-thread dB, dC
+        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        dA, dD = u.new_empty(b, d, n), u.new_empty(b, d)                       # per-batch partials
+        scan_cpu._call("bwd", torch.float32, u=u, delta=delta, A=A, B=B, C=C, D=D, z=None, delta_bias=dt_bias,
+                       reset=None, h0=None, out=None, last=None, ckpt=ckpt, v=None, dout=dv, dlast=None,
+                       du=du, ddelta=ddelta, dA=dA, dB=partial[0], dC=partial[1], dD=dD, dz=None, dh0=None, **dims)
+        del delta, dv
+        dB, dC = partial.sum(1)[:, :, 0]                                        # (b, l, n) each
+        dt_low = x_dbl[..., :r]                                                 # (b, l, r)
+        d_dt_w = torch.bmm(ddelta, dt_low).sum(0)                               # (d, r)
+        dx_dbl = torch.cat([ddelta.transpose(1, 2) @ dt_proj_weight, dB, dC], dim=-1)  # (b, l, r + 2n)
+        d_dt_bias = ddelta.sum((0, 2))
+        del ddelta
+        d_xp_w = torch.bmm(dx_dbl.transpose(1, 2), u.transpose(1, 2)).sum(0)   # (r + 2n, d)
+        du.baddbmm_(x_proj_weight.T.expand(b, d, r + 2 * n), dx_dbl.transpose(1, 2))  # += W_xᵀ dx_dblᵀ
+        d_conv_w, d_conv_b = conv1d_silu_backward(xz, conv_weight, conv_bias, du, dxz)
+        return (dxz, d_conv_w, d_conv_b, d_xp_w, d_dt_w, d_dt_bias, dA.sum(0) * A, dD.sum(0), d_out_w,
+                d_out_b)
+
+
+def check_mamba_inner_inputs(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
+                             x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_bias: Tensor, A_log: Tensor,
+                             D: Tensor, out_weight: Tensor, out_bias: Optional[Tensor]) -> None:
+    """Every shape, dtype, device and layout the kernels assume, checked before the call."""
+    def fail(msg: str):
+        raise ValueError(f"mamba_inner: {msg}")
+
+    named = dict(xz=xz, conv_weight=conv_weight, conv_bias=conv_bias, x_proj_weight=x_proj_weight,
+                 dt_proj_weight=dt_proj_weight, dt_bias=dt_bias, A_log=A_log, D=D, out_weight=out_weight,
+                 out_bias=out_bias)
+    for name, t in named.items():
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()):
+            fail(f"{name} must be a contiguous fp32 CPU tensor, got {t.dtype} on {t.device}")
+    if xz.dim() != 3 or xz.shape[-1] % 2 or 0 in xz.shape:
+        fail(f"xz must be (b, l, 2d) with b, l > 0, got {tuple(xz.shape)}")
+    d = xz.shape[-1] // 2
+    if A_log.dim() != 2 or A_log.shape[0] != d:
+        fail(f"A_log must be ({d}, n), got {tuple(A_log.shape)}")
+    if dt_proj_weight.dim() != 2 or dt_proj_weight.shape[0] != d:
+        fail(f"dt_proj_weight must be ({d}, r), got {tuple(dt_proj_weight.shape)}")
+    r, n = dt_proj_weight.shape[1], A_log.shape[1]
+    expected = dict(conv_weight=(d, conv_weight.shape[-1]), conv_bias=(d,), x_proj_weight=(r + 2 * n, d),
+                    dt_bias=(d,), D=(d,), out_weight=(out_weight.shape[0], d), out_bias=(out_weight.shape[0],))
+    for name, shape in expected.items():
+        t = named[name]
+        if t is not None and tuple(t.shape) != shape:
+            fail(f"{name} must be {shape}, got {tuple(t.shape)}")
+    if not 1 <= conv_weight.shape[-1] <= MAX_D_CONV:
+        fail(f"d_conv must be in [1, {MAX_D_CONV}], got {conv_weight.shape[-1]}")
+
+
+def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor,
+                dt_proj_weight: Tensor, dt_bias: Tensor, A_log: Tensor, D: Tensor, out_weight: Tensor,
+                out_bias: Optional[Tensor] = None) -> Tensor:
+    """`mamba_inner_ref` through the fused CPU kernels (fp32, contiguous inputs; see the module
+    docstring); raises ValueError if they are unavailable or an input does not fit."""
+    reason = cpu_kernels.available(xz.device)
+    if reason is not None:
+        raise ValueError(f"mamba_inner: the CPU kernels are not available: {reason}")
+    check_mamba_inner_inputs(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                             out_weight, out_bias)
+    return _MambaInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                             out_weight, out_bias)

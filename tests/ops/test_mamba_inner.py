@@ -1,0 +1,99 @@
+"""ops.mamba_inner (conv + SiLU + scan + gate + out_proj fused, hand-written backward) against its
+twin mamba_inner_ref (the mixer and LM that use it: tests/models/test_mamba_lm.py)."""
+import os
+import platform
+import shutil
+
+import pytest
+import torch
+
+from mambakit.ops.conv import causal_conv1d
+from mambakit.ops.cpu_kernels import available, build_for, library
+from mambakit.ops.mamba_inner import conv1d_silu, conv1d_silu_backward, mamba_inner, mamba_inner_ref
+
+pytestmark = pytest.mark.skipif(available(torch.device("cpu")) is not None, reason="no C++ compiler")
+
+
+def make_inputs(b, l, d, n, r, k, d_model, conv_bias=True, out_bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def t(*shape):
+        return (torch.randn(*shape, generator=g) * 0.5).requires_grad_()
+
+    A_log = (torch.rand(d, n, generator=g) * 2 + 0.1).log().requires_grad_()
+    return [t(b, l, 2 * d), t(d, k), t(d) if conv_bias else None, t(r + 2 * n, d), t(d, r), t(d), A_log, t(d),
+            t(d_model, d), t(d_model) if out_bias else None]
+
+
+CASES = [  # b, l, d, n, r, k, d_model, conv_bias, out_bias: odd lengths, the kernel's n = 16 and others,
+    (1, 37, 20, 5, 3, 4, 7, True, True),           # l shorter than a scan chunk, d not a multiple of 16
+    (3, 130, 33, 16, 4, 3, 12, True, True),         # several chunks, batch > 1
+    (2, 1, 17, 16, 2, 2, 5, True, False),           # one step
+    (2, 200, 40, 7, 3, 5, 9, False, False),         # no biases, d_conv 5
+    (1, 3, 16, 4, 1, 4, 8, True, True),             # l < d_conv
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference_outputs_and_every_gradient(case):
+    *shape, conv_bias, out_bias = case
+    args = make_inputs(*shape, conv_bias=conv_bias, out_bias=out_bias)
+    out, ref = mamba_inner(*args), mamba_inner_ref(*args)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    leaves = [a for a in args if a is not None]
+    g = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        torch.testing.assert_close(got, want, atol=2e-5 * want.abs().max().item() + 1e-6, rtol=1e-4)
+
+
+def test_inference_forward_matches_reference():
+    """Without autograd the op skips the scan's checkpoints and saves nothing: same output."""
+    args = make_inputs(2, 150, 24, 16, 2, 4, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(mamba_inner(*args), mamba_inner_ref(*args), atol=2e-5, rtol=1e-4)
+
+
+def _targets():
+    targets = ["native"]
+    if platform.machine() in ("x86_64", "AMD64") and shutil.which(os.environ.get("CXX", "g++")):
+        targets += ["x86-64-v3", "x86-64"]
+    return targets
+
+
+@pytest.mark.parametrize("march", _targets())
+def test_conv_kernel_matches_torch_on_each_isa(march):
+    """The conv + SiLU kernel compiled for this CPU, for AVX2 only and for plain x86-64: forward
+    and the three gradients against F.conv1d + F.silu under autograd."""
+    lib = library() if march == "native" else build_for(march, ("causal_conv1d.cpp",))
+    for b, l, d, k, bias in [(2, 19, 21, 4, True), (1, 3, 16, 4, False), (3, 64, 33, 2, True), (1, 7, 5, 8, True)]:
+        xz = torch.randn(b, l, 2 * d)
+        w, bb = torch.randn(d, k), torch.randn(d) if bias else None
+        x = xz[..., :d].transpose(1, 2).clone().requires_grad_()
+        w_ = w.clone().requires_grad_()
+        b_ = None if bb is None else bb.clone().requires_grad_()
+        want = torch.nn.functional.silu(causal_conv1d(x, w_, b_)[0])
+        torch.testing.assert_close(conv1d_silu(xz, w, bb, lib), want, atol=1e-5, rtol=1e-5)
+        du = torch.randn(b, d, l)
+        grads = torch.autograd.grad(want, [t for t in (x, w_, b_) if t is not None], du)
+        dxz = torch.full_like(xz, float("nan"))
+        dw, db = conv1d_silu_backward(xz, w, bb, du, dxz, lib)
+        torch.testing.assert_close(dxz[..., :d].transpose(1, 2), grads[0], atol=1e-4, rtol=1e-4)
+        assert torch.isnan(dxz[..., d:]).all()                                  # z's half is left alone
+        torch.testing.assert_close(dw, grads[1], atol=1e-4, rtol=1e-4)
+        if bias:
+            torch.testing.assert_close(db, grads[2], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda a: a.__setitem__(0, a[0].double()), "xz must be a contiguous fp32"),
+    (lambda a: a.__setitem__(0, a[0][:, :, :-1]), "contiguous|xz must be"),
+    (lambda a: a.__setitem__(1, torch.randn(20, 9)), "d_conv"),
+    (lambda a: a.__setitem__(3, torch.randn(12, 20)), "x_proj_weight"),
+    (lambda a: a.__setitem__(6, torch.randn(19, 5)), "A_log"),
+    (lambda a: a.__setitem__(9, torch.randn(3)), "out_bias"),
+])
+def test_bad_inputs_are_named_before_the_kernel_runs(bad, match):
+    args = [None if a is None else a.detach() for a in make_inputs(1, 10, 20, 5, 3, 4, 7)]
+    bad(args)
+    with pytest.raises(ValueError, match=match):
+        mamba_inner(*args)

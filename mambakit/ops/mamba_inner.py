@@ -12,8 +12,9 @@ Why: autograd through the unfused ops keeps ~22 MB of (b, d, l) fp32 tensors per
 L = 512 (the padded conv input, the conv and SiLU outputs, contiguous copies of Δ and z, the
 scan's v, the gated y); this op keeps xz, v, x_dbl and the scan's checkpoints (~10 MB) and
 recomputes u, Δ and y in the backward: elementwise work and a rank-r GEMM, small beside the scan.
-torch's depthwise conv backward is also ~10x its forward on CPU; the kernel here is not.
-The twin is `mamba_inner_ref` (ops.causal_conv1d and ops.selective_scan_ref, autograd).
+The conv kernel reads x in place from xz and writes dx straight into xz's gradient, so neither the
+padded copy nor the transposes of the unfused path exist. The twin is `mamba_inner_ref`
+(ops.causal_conv1d and ops.selective_scan_ref, differentiated by autograd).
 """
 from __future__ import annotations
 

@@ -1,18 +1,18 @@
 // Causal depthwise conv1d + SiLU over a whole sequence (the Mamba block's short convolution),
 // forward and backward, for the fused mixer of ops/mamba_inner.py.
 //
-// Why not F.conv1d + F.silu: torch's depthwise conv wants a padded (b, d, k-1+l) copy of its input,
-// keeps its output and the SiLU's for the backward, and its depthwise backward costs ~10x its
-// forward on CPU (30 ms per 130M layer on one core, 3M multiply-adds). Here the input is read in
-// place from the in_proj output (b, l, ·) with a row stride, the pre-activation is recomputed in
-// the backward (k multiply-adds per value) instead of kept, and dx is written straight into the
-// in_proj gradient's layout.
+// Why not F.conv1d + F.silu: torch's depthwise conv wants a padded (b, d, k-1+l) copy of its input
+// and keeps its output and the SiLU's for the backward. Here the input is read in place from the
+// in_proj output (b, l, ·) with a row stride, the pre-activation is recomputed in the backward (k
+// multiply-adds per value) instead of kept, and dx is written straight into the in_proj
+// gradient's layout.
 //
 // Layouts: x (b, l, ·) with channel c of step t of row i at x[i*x_bstride + t*x_lstride + c];
 // u (b, d, l) contiguous; w (d, k); bias (d) or null; du (b, d, l); dx like x (its own strides);
-// dw (d, k), dbias (d). Channels are spread over threads in blocks of kBlock, so every thread owns
-// its channels' dw and dbias (batch rows are summed inside), and one step's kBlock inputs are one
-// contiguous read.
+// dw (d, k), dbias (d). Channels are spread over threads in blocks of kBlock: a block's inputs are
+// gathered into per-thread rows along time (one 64-byte read per step), every loop after that is
+// stride-1 in time, and in the backward a thread owns its channels' dw and dbias (batch rows are
+// summed inside). k <= 8 (checked in Python).
 #include <algorithm>
 #include <cstdint>
 

@@ -182,11 +182,9 @@ def case_train(impl: str, size: dict, length: int, repeats: int, grad_checkpoint
     model = BUILD[impl](size).train()
     if grad_checkpoint:
         model.gradient_checkpointing = True  # mambakit's `train --grad-checkpoint`
-    if impl.startswith("mambakit"):  # what `mambakit train` uses: fused AdamW, no decay on norms/A_log/D,
-        from mambakit.train.memory import return_freed_buffers_to_os  # and glibc's mmap threshold fixed
+    if impl.startswith("mambakit"):  # what `mambakit train` uses: fused AdamW, no decay on norms/A_log/D
         from mambakit.train.schedule import build_optimizer
 
-        return_freed_buffers_to_os()
         opt = build_optimizer(model, lr=1e-4, weight_decay=0.1)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -47,7 +47,6 @@ from mambakit.train.guards import (
     nonfinite_step,
     weights_went_nonfinite,
 )
-from mambakit.train.memory import return_freed_buffers_to_os
 from mambakit.train.metrics import METRICS_NAME, MetricsLog, read_metrics
 from mambakit.train.run_dir import open_run
 from mambakit.train.schedule import build_optimizer, lr_at
@@ -184,8 +183,6 @@ class _Run:
                      activation_bytes(core.config, micro * cfg.seq_len),
                      "use a smaller --batch-size or --seq-len, or more --grad-accum")
         core.gradient_checkpointing = cfg.grad_checkpoint
-        if ctx.device.type == "cpu":
-            return_freed_buffers_to_os()  # peak RSS of a step: see its docstring
         self.core, self.cfg, self.ctx, self.out = core, cfg, ctx, out
         self.tokenizer, self.settings = tokenizer, settings
         self.model = wrap_model(core, ctx)

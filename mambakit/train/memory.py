@@ -30,26 +30,6 @@ def release_free_memory() -> None:
         pass
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-
-
-def return_freed_buffers_to_os(threshold_bytes: int = 1 << 20) -> bool:
-    """Have glibc give every allocation of at least `threshold_bytes` its own mapping, handed back
-    to the OS when freed. Process-wide; False (and nothing done) where the C library is not glibc.
-
-    Why: glibc starts at a 128 KB threshold but raises it to the size of each mapped block freed
-    (up to 32 MB), so after the first step the MB-sized activation buffers of a training step come
-    from the heap, where freed blocks stay resident and fragment: a 130M Mamba step at L=512 peaks
-    ~300 MB higher for it. Setting the threshold also stops that adjustment. The price is a page
-    fault per fresh page of each large buffer, a few % of the step (measured in the report of
-    benchmarks/bench_lm.py's training case, which calls this as `mambakit train` does).
-    """
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
-    except (OSError, AttributeError):
-        return False
-
-
 class PeakMemory:
     """with PeakMemory() as m: ...;  m.peak_bytes (absolute), m.delta_bytes (above entry)."""
 

@@ -132,12 +132,13 @@ class MambaMixer(nn.Module):
 
     def _fused_inner_applies(self, xz: Tensor) -> bool:
         """Whether `ops.mamba_inner` (conv → scan → gate → out_proj fused, hand-written backward)
-        runs this forward: the CPU kernels, fp32 activations and float32 projection weights (an
-        nn.Linear or an fp32 PackedLinear), the scan not pinned to another backend. Otherwise the
-        unfused ops below run (its twin; tests compare them)."""
+        runs this forward: the CPU kernels, fp32 activations and no autocast (its GEMMs stay fp32),
+        fp32 projection weights (an nn.Linear or an fp32 PackedLinear), the scan not pinned to
+        another backend. Otherwise the unfused ops below run (its twin; tests compare them)."""
         projections = (self.x_proj, self.dt_proj, self.out_proj)
         return (self.scan_backend in ("auto", "cpu") and xz.device.type == "cpu" and xz.dtype == torch.float32
-                and xz.shape[0] * xz.shape[1] > 0 and self.d_conv <= MAX_D_CONV
+                and not torch.is_autocast_enabled("cpu") and xz.shape[0] * xz.shape[1] > 0
+                and self.d_conv <= MAX_D_CONV
                 and all(getattr(m, "scale", None) is None and m.weight.dtype == torch.float32 for m in projections)
                 and all(t.dtype == torch.float32 for t in (self.conv1d.weight, self.A_log, self.D))
                 and step_kernels_available(xz.device) is None)

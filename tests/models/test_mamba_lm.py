@@ -118,5 +118,7 @@ def test_mixer_uses_the_fused_op_only_where_it_applies():
     xz = torch.randn(2, 5, 2 * mixer.d_inner)
     assert mixer._fused_inner_applies(xz)
     assert not mixer._fused_inner_applies(xz.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not mixer._fused_inner_applies(xz)
     mixer.scan_backend = "ref"
     assert not mixer._fused_inner_applies(xz)

@@ -28,10 +28,14 @@ def selectivity(model, input_ids: torch.Tensor, layer: int = 0) -> dict[str, tor
                          f"drawn for Mamba models (layers 0..{len(layers or []) - 1})")
     captured = {}
     handle = mixer.x_proj.register_forward_hook(lambda mod, args, out: captured.update(x_dbl=out))
+    # The fused CPU mixer (ops.mamba_inner) applies x_proj's weight directly; the unfused ops,
+    # which the reference scan backend runs, call the module and so the hook.
+    backend, mixer.scan_backend = mixer.scan_backend, "ref"
     try:
         model.eval()(input_ids)
     finally:
         handle.remove()
+        mixer.scan_backend = backend
     dt, B, C = captured["x_dbl"][0].split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
     delta = F.softplus(F.linear(dt, mixer.dt_proj.weight, mixer.dt_proj.bias))  # (l, d_in)
     return {"delta": delta, "B": B, "C": C}

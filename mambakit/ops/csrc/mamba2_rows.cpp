@@ -12,10 +12,8 @@
 //
 // Reference twins: conv_silu_rows_ref / rms_norm_gated_ref (ops/mamba2_cpu.py), which tests
 // compare; the Python side checks every shape before calling.
-// Float -> int conversions (inside exp_) may trap under GCC's default -ftrapping-math, which
-// keeps every loop calling exp_ / sigmoid_ scalar ("control flow in loop"); these kernels never
-// read FP exception flags, so this file lets the vectoriser if-convert them.
-#pragma GCC optimize("no-trapping-math")
+// Loops calling exp_ / sigmoid_ vectorise because every kernel builds with -fno-trapping-math
+// (cpu_kernels.FLAGS).
 #include <omp.h>
 
 #include <cmath>

@@ -26,10 +26,8 @@
 // CB (b, c, g, Q, Q) with CB[t, s] = C_{kQ+t} · B_{kQ+s} (rows/columns past l unused); h0, final
 // (b, h, p, n); seg (b, c, Q) int64 or NULL; H (b, c, g, n, hg·p) or NULL: the state entering each
 // chunk, head j of a group in columns [j·p, (j+1)·p) — the layout ChunkScan's backward reads.
-// Float -> int conversions (inside exp_) may trap under GCC's default -ftrapping-math, which
-// keeps every loop calling exp_ / sigmoid_ scalar ("control flow in loop"); these kernels never
-// read FP exception flags, so this file lets the vectoriser if-convert them.
-#pragma GCC optimize("no-trapping-math")
+// Loops calling exp_ / sigmoid_ vectorise because every kernel builds with -fno-trapping-math
+// (cpu_kernels.FLAGS).
 #include <omp.h>
 
 #include <algorithm>

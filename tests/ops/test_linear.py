@@ -1,17 +1,15 @@
 """`linear` for every weight format: the GEMV backend (each ISA path) against its reference twins,
 llama.cpp's q8_0 quantizer and torch's own int8 op."""
-import os
-import platform
-import shutil
 
 import pytest
 import torch
 
 from mambakit.modules.linear import quantize_int8
 from mambakit.ops import linear
-from mambakit.ops.cpu_kernels import available, build_for, library
+from mambakit.ops.cpu_kernels import build_for, library
 from mambakit.ops.linear import Q8_BLOCK, REGISTRY, linear_q8_ref, quantize_q8
 from mambakit.ops.step_cpu import MAX_GEMV_ROWS, gemv, gemv_arithmetic
+from tests.ops.isa import isa_targets
 
 BACKENDS = sorted(REGISTRY.available("cpu"))
 
@@ -75,17 +73,8 @@ def test_every_format_matches_its_reference_twin(backend, fmt, shape):
         torch.testing.assert_close(yb.float(), xb.float() @ dense(w, scale).T, atol=0.1, rtol=2e-2)
 
 
-def _targets():
-    """This CPU's build, plus (on x86-64 with g++) the AVX2-only and no-SIMD builds of the GEMV."""
-    if available(torch.device("cpu")) is not None:
-        return []
-    targets = ["native"]
-    if platform.machine() in ("x86_64", "AMD64") and shutil.which(os.environ.get("CXX", "g++")):
-        targets += ["x86-64-v3", "x86-64"]
-    return targets
 
-
-@pytest.mark.parametrize("march", _targets())
+@pytest.mark.parametrize("march", isa_targets())
 def test_each_isa_path_of_the_gemv_matches_the_twins(march):
     """The intrinsics (AVX-512 VNNI / bf16 here) and the portable fallbacks (AVX2, plain C++) are
     all checked on this machine: the fallbacks compiled for older targets."""

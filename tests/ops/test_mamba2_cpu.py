@@ -2,15 +2,13 @@
 their PyTorch twins: conv + SiLU over in_proj's rows (in place, with and without a carried state,
 short sequences), the gated grouped RMSNorm (both gate orders, strided z); the AVX2-only and
 scalar builds; autograd and other dtypes taking the twin; shapes refused before the kernel."""
-import os
-import platform
-import shutil
 
 import pytest
 import torch
 
 from mambakit.ops.cpu_kernels import available, build_for, library, ptr
 from mambakit.ops.mamba2_cpu import conv_silu_rows, conv_silu_rows_ref, rms_norm_gated, rms_norm_gated_ref
+from tests.ops.isa import isa_targets
 
 pytestmark = pytest.mark.skipif(available(torch.device("cpu")) is not None,
                                 reason=f"compiled kernels unavailable: {available(torch.device('cpu'))}")
@@ -60,14 +58,8 @@ def test_autograd_and_other_dtypes_take_the_twin():
     torch.testing.assert_close(out, rms_norm_gated_ref(y16, z16, torch.ones(8), 1e-5, 8))
 
 
-def _targets():
-    targets = ["native"]
-    if platform.machine() in ("x86_64", "AMD64") and shutil.which(os.environ.get("CXX", "g++")):
-        targets += ["x86-64-v3", "x86-64"]
-    return targets
 
-
-@pytest.mark.parametrize("march", _targets())
+@pytest.mark.parametrize("march", isa_targets())
 def test_each_isa_build_matches_the_twins(march):
     lib = library() if march == "native" else build_for(march, ("mamba2_rows.cpp",))
     b, l, d, k = 2, 11, 19, 4

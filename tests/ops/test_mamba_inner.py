@@ -1,8 +1,5 @@
 """ops.mamba_inner (conv + SiLU + scan + gate + out_proj fused, hand-written backward) against its
 twin mamba_inner_ref (the mixer and LM that use it: tests/models/test_mamba_lm.py)."""
-import os
-import platform
-import shutil
 
 import pytest
 import torch
@@ -10,6 +7,7 @@ import torch
 from mambakit.ops.conv import causal_conv1d
 from mambakit.ops.cpu_kernels import available, build_for, library
 from mambakit.ops.mamba_inner import conv1d_silu, conv1d_silu_backward, mamba_inner, mamba_inner_ref
+from tests.ops.isa import isa_targets
 
 pytestmark = pytest.mark.skipif(available(torch.device("cpu")) is not None, reason="no C++ compiler")
 
@@ -53,14 +51,8 @@ def test_inference_forward_matches_reference():
         torch.testing.assert_close(mamba_inner(*args), mamba_inner_ref(*args), atol=2e-5, rtol=1e-4)
 
 
-def _targets():
-    targets = ["native"]
-    if platform.machine() in ("x86_64", "AMD64") and shutil.which(os.environ.get("CXX", "g++")):
-        targets += ["x86-64-v3", "x86-64"]
-    return targets
 
-
-@pytest.mark.parametrize("march", _targets())
+@pytest.mark.parametrize("march", isa_targets())
 def test_conv_kernel_matches_torch_on_each_isa(march):
     """The conv + SiLU kernel compiled for this CPU, for AVX2 only and for plain x86-64: forward
     and the three gradients against F.conv1d + F.silu under autograd."""

@@ -3,9 +3,6 @@ its twins: the sequential reference (the spec) and ChunkScan's PyTorch forward â
 states, the chunk states the backward reads, and gradients, on awkward shapes (L not a multiple
 of the chunk, ngroups > 1, odd head counts, initial states, resets); plus the AVX2-only and scalar
 builds of the kernel, and shape checks before the call."""
-import os
-import platform
-import shutil
 
 import pytest
 import torch
@@ -15,6 +12,7 @@ from mambakit.ops.cpu_kernels import available, build_for, library
 from mambakit.ops.ssd import REGISTRY
 from mambakit.ops.ssd_chunk_scan import ChunkScan, chunk_scan_fwd_cpu
 from mambakit.ops.ssd_cpu import CPU_CHUNK_SIZE, ssd_scan_cpu
+from tests.ops.isa import isa_targets
 from tests.ops.test_ssd import CASES, GRAD_NAMES, make_inputs
 
 pytestmark = pytest.mark.skipif(available(torch.device("cpu")) is not None,
@@ -104,14 +102,8 @@ def test_long_decay_reaches_exact_zero():
     assert torch.equal(H[0, 1, 0], only_last)
 
 
-def _targets():
-    targets = ["native"]
-    if platform.machine() in ("x86_64", "AMD64") and shutil.which(os.environ.get("CXX", "g++")):
-        targets += ["x86-64-v3", "x86-64"]
-    return targets
 
-
-@pytest.mark.parametrize("march", _targets())
+@pytest.mark.parametrize("march", isa_targets())
 def test_each_isa_build_matches_chunkscan(march):
     """The kernel compiled for AVX2-only and plain x86-64 (no AVX) computes what the native one does."""
     lib = library() if march == "native" else build_for(march, ("ssd_chunk.cpp",))

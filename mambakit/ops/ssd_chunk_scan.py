@@ -176,14 +176,6 @@ def _rows(t: Tensor) -> Tensor:
     return t if ok else t.contiguous()
 
 
-def _rows4(t: Tensor) -> Tensor:
-    """t (b, l, h, p) as rows of h·p contiguous channels at one position stride (a column slice of
-    a matmul output is): passed in place; anything else is copied."""
-    b, l, h, p = t.shape
-    ok = t.stride(3) == 1 and t.stride(2) == p and (b == 1 or t.stride(0) == l * t.stride(1))
-    return t if ok else t.contiguous()
-
-
 def chunk_scan_fwd_cpu(xdt: Optional[Tensor], a: Optional[Tensor], B: Tensor, C: Tensor,
                        h0: Optional[Tensor], seg: Optional[Tensor], Q: int, keep_states: bool = False,
                        threads: Optional[int] = None, lib=None, *, x: Optional[Tensor] = None,
@@ -238,9 +230,8 @@ def chunk_scan_fwd_cpu(xdt: Optional[Tensor], a: Optional[Tensor], B: Tensor, C:
     if lib is None:
         raise RuntimeError("chunk_scan_fwd_cpu: the compiled kernels are not available")
     xdt = None if xdt is None else xdt.contiguous()
-    x, z = (None if t is None else _rows4(t) for t in (x, z))
-    # B, C and dt in place when their rows are stride-1 at one position stride
-    B, C, dt = (None if t is None else _rows(t) for t in (B, C, dt))
+    # x, z, B, C and dt in place when each position's channels are contiguous at one position stride
+    x, z, B, C, dt = (None if t is None else _rows(t) for t in (x, z, B, C, dt))
     if C.stride(1) != B.stride(1):
         B, C = B.contiguous(), C.contiguous()
     a, h0, A, dt_bias, D = (None if t is None else t.contiguous() for t in (a, h0, A, dt_bias, D))

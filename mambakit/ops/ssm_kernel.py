@@ -146,9 +146,46 @@ def dplr_dense(Lambda: Tensor, P: Tensor, Q: Tensor) -> Tensor:
     return torch.diag_embed(Lambda) - P[..., :, None] * Q.conj()[..., None, :]
 
 
+def dplr_bilinear(Lambda: Tensor, P: Tensor, Q: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Bilinear discretization of A = diag(Λ) − P Q* without a dense solve: (h, n) each, dt (h,)
+    -> (a, x, y, B̅) with A̅ = diag(a) + x yᵀ (diagonal plus rank one, as A is).
+
+    With α = Δ/2, d = 1 − αΛ, e = 1 + αΛ: (I − αA)⁻¹ = diag(1/d) − γ (P/d)(Q̄/d)ᵀ by
+    Sherman–Morrison, γ = α / (1 + α Σ Q̄P/d); multiplying out (I − αA)⁻¹(I + αA), the rank-one
+    terms collapse to one: A̅ = diag(e/d) − 2γ (P/d)(Q̄/d)ᵀ, and B̅ = Δ (I − αA)⁻¹ B.
+    """
+    alpha = (dt.to(Lambda.dtype) / 2)[:, None]                          # (h, 1)
+    d, e = 1 - alpha * Lambda, 1 + alpha * Lambda
+    x, qd = P / d, Q.conj() / d
+    gamma = alpha / (1 + alpha * (qd * P).sum(-1, keepdim=True))        # (h, 1)
+    Bb = 2 * alpha * (B / d - gamma * x * (qd * B).sum(-1, keepdim=True))
+    return e / d, x, -2 * gamma * qd, Bb
+
+
+def diag_rank1_dense(a: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """diag(a) + x yᵀ: (h, n) each -> (h, n, n)."""
+    return torch.diag_embed(a) + x[..., :, None] * y[..., None, :]
+
+
+# Up to this length C A̅^L is L structured steps (O(L n) each channel); beyond, log₂ L dense
+# squarings (O(n³) each) cost less than the Python loop.
+SEQUENTIAL_C_TILDE_MAX_LENGTH = 2048
+
+
 def c_tilde(Ab: Tensor, C: Tensor, length: int) -> Tensor:
     """C̃ = C (I − A̅^length): the output vector that truncates the generating function at length."""
     return C - torch.einsum("hn,hnm->hm", C, _power(Ab, length))
+
+
+def c_tilde_dplr(a: Tensor, x: Tensor, y: Tensor, C: Tensor, length: int) -> Tensor:
+    """`c_tilde` for A̅ = diag(a) + x yᵀ (`dplr_bilinear`): row vector times A̅ is
+    v ∘ a + (v · x) y, so C A̅^L takes L steps of O(n) instead of dense matrix powers."""
+    if length > SEQUENTIAL_C_TILDE_MAX_LENGTH:
+        return c_tilde(diag_rank1_dense(a, x, y), C, length)
+    v = C
+    for _ in range(length):
+        v = v * a + (v * x).sum(-1, keepdim=True) * y
+    return C - v
 
 
 def lti_free_response(Ab: Tensor, C: Tensor, h0: Tensor, length: int) -> Tensor:

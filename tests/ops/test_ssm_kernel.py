@@ -8,8 +8,11 @@ from mambakit.ops.discretize import bilinear, zoh_diag
 from mambakit.ops.hippo import dplr_legs_half
 from mambakit.ops.ssm_kernel import (
     c_tilde,
+    c_tilde_dplr,
     causal_conv_fft,
     causal_conv_ref,
+    diag_rank1_dense,
+    dplr_bilinear,
     dplr_dense,
     dplr_kernel,
     krylov,
@@ -93,6 +96,37 @@ def test_s4_dplr_kernel_equals_powers_of_Abar(L):
     Ab, Bb = bilinear(A, B, dt)
     K = dplr_kernel(Lambda, P, Q, B, c_tilde(Ab, C, L), dt, L)
     torch.testing.assert_close(K, explicit_kernel(Ab, Bb, C, L))
+
+
+def _random_dplr(h, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    Lambda, P, B = dplr_legs_half(2 * n)
+    Lambda, P, B = (x.expand(h, n).clone() for x in (Lambda, P, B))
+    P = P + 0.1 * torch.randn(h, n, generator=g, dtype=c128)
+    Q = P + 0.1 * torch.randn(h, n, generator=g, dtype=c128)           # Q ≠ P: the general DPLR case
+    C = torch.randn(h, n, generator=g, dtype=c128)
+    return Lambda, P, Q, B, C, torch.tensor([0.01, 0.1, 0.5], dtype=f64)[:h]
+
+
+def test_dplr_bilinear_is_the_dense_bilinear_solve():
+    """The Sherman–Morrison form (diagonal plus rank one) against torch.linalg.solve on the dense A."""
+    Lambda, P, Q, B, _, dt = _random_dplr(3, 6, seed=2)
+    a, x, y, Bb = dplr_bilinear(Lambda, P, Q, B, dt)
+    Ab_ref, Bb_ref = bilinear(dplr_dense(Lambda, P, Q), B, dt)
+    torch.testing.assert_close(diag_rank1_dense(a, x, y), Ab_ref)
+    torch.testing.assert_close(Bb, Bb_ref)
+
+
+@pytest.mark.parametrize("L", [1, 2, 15, 16, 37])
+def test_c_tilde_dplr_equals_dense_matrix_powers(L, monkeypatch):
+    Lambda, P, Q, B, C, dt = _random_dplr(3, 5, seed=3)
+    a, x, y, _ = dplr_bilinear(Lambda, P, Q, B, dt)
+    Ab, _ = bilinear(dplr_dense(Lambda, P, Q), B, dt)
+    expected = C - torch.einsum("hn,hnm->hm", C, torch.linalg.matrix_power(Ab, L))
+    torch.testing.assert_close(c_tilde_dplr(a, x, y, C, L), expected)
+    # past the sequential limit it switches to dense squaring: the same values
+    monkeypatch.setattr("mambakit.ops.ssm_kernel.SEQUENTIAL_C_TILDE_MAX_LENGTH", 0)
+    torch.testing.assert_close(c_tilde_dplr(a, x, y, C, L), expected)
 
 
 def test_s4d_vandermonde_kernel_equals_powers_of_Abar():

@@ -36,7 +36,8 @@ def test_synth_bad_input_is_one_line():
     for args in (["copying"], ["selective-copying", "--seq-len", "8", "--num-tokens", "16"],
                  ["induction-heads", "--model-field", "d_state"], ["induction-heads", "--model-field", ":d_state=2"],
                  ["induction-heads", "--paper", "--recipe", "cpu"],
-                 ["induction-heads", "--model", "mamba", "--model-field", "transformer:n_head=2"]):
+                 ["induction-heads", "--model", "mamba", "--model-field", "transformer:n_head=2"],
+                 ["table1", "--rows", "mamba2"], ["induction-heads", "--rows", "s6"]):
         r = mambakit("synth", *args, "--steps", "1")
         assert r.returncode != 0
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -44,10 +45,19 @@ def test_synth_bad_input_is_one_line():
 
 
 def test_synth_table1_prints_the_papers_numbers_and_writes_reports(tmp_path):
-    r = mambakit("synth", "table1", "--d-model", "8", "--n-layer", "1", "--seq-len", "34", "--steps", "2",
-                 "--batch-size", "2", "--eval-lengths", "--eval-samples", "4", "--device", "cpu",
-                 "--out", str(tmp_path), "--no-progress")
+    args = ("synth", "table1", "--d-model", "8", "--n-layer", "1", "--seq-len", "34", "--steps", "2",
+            "--batch-size", "2", "--eval-lengths", "--eval-samples", "4", "--device", "cpu",
+            "--out", str(tmp_path), "--no-progress", "--json")
+    # two rows first, as a second process would run them: their reports, no table yet
+    r = mambakit(*args, "--rows", "mamba", "s6")
     assert r.returncode == 0, r.stderr
+    assert [row["model"] for row in json.loads(r.stdout)["rows"]] == ["s6", "mamba"]
+    assert (tmp_path / "table1-mamba.json").exists() and not (tmp_path / "table1.json").exists()
+    first_s6 = json.loads((tmp_path / "table1-s6.json").read_text())
+    # the full table picks up the finished rows from their checkpoints (same results) and adds the rest
+    r = mambakit(*args[:-1])
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "table1-s6.json").read_text())["final_loss"] == first_s6["final_loss"]
     lines = r.stdout.splitlines()
     assert "16 tokens to copy, vocabulary 16" in lines[0]
     rows = {line.split("  ")[0]: line for line in lines[2:]}

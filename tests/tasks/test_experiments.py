@@ -108,6 +108,21 @@ def test_defaults_are_the_papers_settings():
         SynthConfig.recipe("gpu", "induction-heads")
 
 
+def test_table1_rows_differ_by_selection_only():
+    """Each architecture's LTI and selective rows hold the same state per channel (N = 16 real
+    values: S4/S4D as 8 conjugate pairs) and so about the same parameters."""
+    from mambakit.tasks.experiments import TABLE1_ROWS
+
+    params, state = {}, {}
+    for _, model, fields, _, _ in TABLE1_ROWS:
+        net = build_synth_model(SynthConfig(model=model, model_fields=dict(fields)))
+        params[model] = sum(p.numel() for p in net.parameters())
+        state[model] = net.config.d_state
+    assert set(state.values()) == {16}
+    for lti, selective in (("s4", "s6"), ("mamba-s4d", "mamba")):
+        assert abs(params[lti] / params[selective] - 1) < 0.1, params
+
+
 def test_auto_threads_falls_back_to_one_on_a_busy_machine(monkeypatch):
     monkeypatch.setattr(threads, "machine_busy", lambda: True)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")

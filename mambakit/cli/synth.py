@@ -60,8 +60,9 @@ def add_parser(sub) -> None:
                    help="selective copying: data tokens (default: 16); mqar: key-value pairs (default: 8)")
     p.add_argument("--seq-len", type=positive_int,
                    help="training length (default: selective copying 128, induction heads 64, mqar 128)")
-    p.add_argument("--steps", type=positive_int, help="optimizer steps (default: selective copying 12000, "
-                                                      "induction heads 2000, mqar 3000)")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps (default: selective copying 6000, "
+                                                      "induction heads 2000, mqar 3000; table1's no-gate rows "
+                                                      "train twice --steps)")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: 32)")
     p.add_argument("--lr", type=finite_float, help="peak learning rate (default: 3e-3)")
     p.add_argument("--constant-lr", action="store_true", help="no cosine decay after warmup")

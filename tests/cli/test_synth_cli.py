@@ -51,7 +51,9 @@ def test_synth_table1_prints_the_papers_numbers_and_writes_reports(tmp_path):
     # two rows first, as a second process would run them: their reports, no table yet
     r = mambakit(*args, "--rows", "mamba", "s6")
     assert r.returncode == 0, r.stderr
-    assert [row["model"] for row in json.loads(r.stdout)["rows"]] == ["s6", "mamba"]
+    rows = json.loads(r.stdout)["rows"]
+    assert [row["model"] for row in rows] == ["s6", "mamba"]
+    assert [row["result"]["steps_done"] for row in rows] == [4, 2]       # no-gate rows: twice --steps
     assert (tmp_path / "table1-mamba.json").exists() and not (tmp_path / "table1.json").exists()
     first_s6 = json.loads((tmp_path / "table1-s6.json").read_text())
     # the full table picks up the finished rows from their checkpoints (same results) and adds the rest

@@ -114,7 +114,7 @@ def test_table1_rows_differ_by_selection_only():
     from mambakit.tasks.experiments import TABLE1_ROWS
 
     params, state = {}, {}
-    for _, model, fields, _, _ in TABLE1_ROWS:
+    for _, model, fields, _, _, _ in TABLE1_ROWS:
         net = build_synth_model(SynthConfig(model=model, model_fields=dict(fields)))
         params[model] = sum(p.numel() for p in net.parameters())
         state[model] = net.config.d_state

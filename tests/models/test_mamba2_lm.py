@@ -2,13 +2,12 @@
 (forward == prefill + step, every SSD backend), packed documents, left padding, learning, config
 errors. (The shared suite in test_conformance.py covers generation, save/load and input checks;
 test_mamba2_interop.py compares logits with transformers' Mamba2ForCausalLM.)"""
-import math
 
 import pytest
 import torch
 
 from mambakit import Mamba2Config, Mamba2LM
-from tests.models.helpers import prefill_then_steps
+from tests.models.helpers import assert_learns_a_repeating_pattern, prefill_then_steps
 
 
 def tiny_mamba2(**overrides):
@@ -79,19 +78,7 @@ def test_left_padded_rows_give_the_logits_they_give_alone():
 
 
 def test_training_reduces_loss_on_a_repeating_pattern():
-    model = tiny_mamba2().train()
-    seq = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8] * 4])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        logits = model(seq[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), seq[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[0] == pytest.approx(math.log(64), rel=0.2)
-    assert losses[-1] < 0.5 * losses[0]
+    assert_learns_a_repeating_pattern(tiny_mamba2(), padded_vocab=64)
 
 
 def test_presets_match_the_published_sizes():

@@ -1,5 +1,4 @@
 """MambaLM in every mode: forward == step-by-step == prefill + decode; init; input checks."""
-import math
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ import torch
 from mambakit import MambaConfig, MambaLM
 from mambakit.ops.cpu_kernels import available
 from tests.conftest import tiny_mamba
+from tests.models.helpers import assert_learns_a_repeating_pattern
 
 
 @pytest.mark.parametrize("batch,length", [(1, 1), (1, 13), (3, 9)])
@@ -73,19 +73,7 @@ def test_wrong_input_shape_or_dtype():
 
 
 def test_training_reduces_loss_on_a_repeating_pattern():
-    model = tiny_mamba().train()
-    seq = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8] * 4])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        logits = model(seq[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), seq[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-    assert losses[0] == pytest.approx(math.log(56), rel=0.2)
+    assert_learns_a_repeating_pattern(tiny_mamba(), padded_vocab=56)
 
 
 @pytest.mark.skipif(available(torch.device("cpu")) is not None, reason="no C++ compiler")

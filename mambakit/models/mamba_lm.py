@@ -9,8 +9,12 @@ from torch import Tensor, nn
 
 from mambakit.config import MambaConfig
 from mambakit.models.mixer_lm import MixerLM, RecurrentCache
+from mambakit.modules.linear import PackedLinear
 from mambakit.modules.mamba import MambaMixer
 from mambakit.modules.mha import MHA
+from mambakit.modules.norm import RMSNorm
+from mambakit.ops.block_step_cpu import MambaLMStep
+from mambakit.ops.step_cpu import MAX_GEMV_ROWS
 
 
 def hybrid_mixer(config, layer_idx: int, make_ssm_mixer) -> nn.Module:
@@ -68,3 +72,49 @@ class MambaLM(MixerLM):
                 logits_to_keep: int = 0, targets: Optional[Tensor] = None) -> Tensor:
         """As MixerLM.forward; `reset` (b, l) marks where packed documents start (state zeroed)."""
         return super().forward(input_ids, cache, attention_mask, logits_to_keep, targets, reset=reset)
+
+    def step(self, tokens: Tensor, cache: RecurrentCache) -> Tensor:
+        """As MixerLM.step; on CPU, when every layer takes the fused block step, the whole token
+        (blocks, norm_f, LM head) runs as one compiled call (ops/block_step_cpu.MambaLMStep,
+        whose twin is MixerLM.step; tests compare them)."""
+        self.check_input_ids(tokens, dims=(1,))
+        h = self.backbone.embedding(tokens)                             # (b, d_model)
+        fused = self._fused_lm_step(h, cache)
+        if fused is None:
+            return super().step(tokens, cache)
+        logits, convs, ssms = fused(h.contiguous(), [(s.conv.contiguous(), s.ssm.contiguous()) for s in cache.layers],
+                                    self.backbone.layers[0].mixer.step_threads())
+        for state, conv, ssm in zip(cache.layers, convs, ssms):
+            state.conv, state.ssm = conv, ssm
+        cache.seqlen_offset += 1
+        return logits
+
+    def _fused_lm_step(self, h: Tensor, cache: RecurrentCache) -> Optional[MambaLMStep]:
+        """The MambaLMStep for the current weights, or None when some layer, norm_f or the head
+        rules it out (then MixerLM.step runs, layer by layer)."""
+        norm_f, head, layers = self.backbone.norm_f, self.lm_head, self.backbone.layers
+        # what MambaMixer.fused_block_for checks, once for all layers (this runs per decoded token)
+        if (torch.is_grad_enabled() or type(head) not in (nn.Linear, PackedLinear) or not isinstance(norm_f, RMSNorm)
+                or norm_f.weight.dtype != torch.float32 or len(cache.layers) != len(layers)
+                or h.device.type != "cpu" or h.dtype != torch.float32 or not 1 <= h.shape[0] <= MAX_GEMV_ROWS):
+            return None
+        blocks = []
+        for layer, state in zip(layers, cache.layers):
+            mixer, modules = layer.mixer, layer._modules
+            if ("mlp" in modules or type(mixer) is not MambaMixer or mixer.step_backend == "ref"
+                    or state.conv.dtype != torch.float32 or type(modules["norm"]) is not RMSNorm):
+                return None
+            block = mixer._fused_for(modules["norm"])
+            if block is None:
+                return None
+            blocks.append(block)
+        scale = getattr(head, "scale", None)
+        key = (*map(id, blocks), norm_f.eps, norm_f.weight.data_ptr(), head.weight.data_ptr(),
+               None if scale is None else scale.data_ptr(), None if head.bias is None else head.bias.data_ptr())
+        if getattr(self, "_fused_lm", (None,))[0] != key:
+            try:
+                fused = MambaLMStep(blocks, norm_f.weight, norm_f.eps, (head.weight, scale, head.bias))
+            except ValueError:
+                fused = None     # e.g. a bf16 norm_f or head bias: the layer-by-layer step
+            self._fused_lm = (key, fused)
+        return self._fused_lm[1]

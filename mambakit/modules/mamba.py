@@ -163,21 +163,31 @@ class MambaMixer(nn.Module):
         when it applies: the CPU kernels, no autograd, an RMSNorm, fp32 residual and states, at most
         MAX_GEMV_ROWS rows, fp32 parameters but the projections' weights (any `ops.linear` format).
         Otherwise None, and Block.step runs the unfused ops (the twin; tests compare them)."""
+        fused = self.fused_block_for(residual, norm, state)
+        if fused is None:
+            return None
+        residual, state.conv, state.ssm = fused(residual.contiguous(), state.conv.contiguous(),
+                                                state.ssm.contiguous(), self.step_threads())
+        return residual
+
+    def fused_block_for(self, residual: Tensor, norm: nn.Module, state: MambaState) -> Optional[MambaBlockStep]:
+        """The MambaBlockStep that fused_block_step (and MambaLM's whole-model step) runs for this
+        residual, norm and state, or None when the fused path does not apply (see fused_block_step)."""
         if (torch.is_grad_enabled() or self.step_backend == "ref" or residual.device.type != "cpu"
                 or residual.dtype != torch.float32 or not 1 <= residual.shape[0] <= MAX_GEMV_ROWS
                 or state.conv.dtype != torch.float32 or not isinstance(norm, RMSNorm)):
             return None
-        fused = self._fused_for(norm)
-        if fused is None:
-            return None
-        residual, state.conv, state.ssm = fused(residual.contiguous(), state.conv.contiguous(),
-                                                state.ssm.contiguous(), torch.get_num_threads())
-        return residual
+        return self._fused_for(norm)
+
+    def step_threads(self) -> int:
+        """Threads for the fused step: torch's, or 1 for blocks whose in_proj is too small to be worth
+        a second thread (the barriers between the stages would cost more than the split saves)."""
+        return torch.get_num_threads() if 2 * self.d_inner * self.in_proj.in_features >= 1 << 17 else 1
 
     def _fused_for(self, norm: RMSNorm) -> Optional[MambaBlockStep]:
         """The MambaBlockStep of the current weights (rebuilt when a tensor or A_log changed), or
         None when this block's parameters or the machine rule it out."""
-        key = (norm.eps, self.A_log._version, *_step_key(self, norm))
+        key = (norm.eps, self.__dict__["_parameters"]["A_log"]._version, *_step_key(self, norm))
         if getattr(self, "_fused", (None,))[0] != key:
             projections = [(m.weight, getattr(m, "scale", None), m.bias) for m in (self.in_proj, self.x_proj, self.out_proj)]
             fused = None
@@ -199,21 +209,17 @@ class MambaMixer(nn.Module):
         return "ref" if self.scan_backend == "ref" else "auto"
 
 
-# (module attribute, tensor names) read by the fused block step, norm first
-_STEP_TENSORS = ((None, ("weight",)), ("conv1d", ("weight", "bias")), ("dt_proj", ("weight", "bias")), ("", ("A_log", "D")),
-                 ("in_proj", ("weight", "scale", "bias")), ("x_proj", ("weight", "scale", "bias")),
-                 ("out_proj", ("weight", "scale", "bias")))
-
-
 def _step_key(mixer: MambaMixer, norm: nn.Module) -> list[Optional[int]]:
-    """Where each tensor a MambaBlockStep is built from lives (None for an absent one), read from
-    the modules' own dicts: this runs per layer per decoded token, and nn.Module.__getattr__ (21
-    lookups here) cost more than the rest of the check (cProfile: ~40% of a fused layer's Python)."""
+    """Where every tensor of the modules a MambaBlockStep reads lives (the norm, the mixer's own
+    A_log and D, conv1d, dt_proj and the three projections: each one's parameters and buffers, a
+    superset of what the step reads), from the modules' own dicts: this runs per layer per decoded
+    token, and nn.Module.__getattr__ costs more than the rest of the check."""
+    mods = mixer.__dict__["_modules"]
     out = []
-    for attr, names in _STEP_TENSORS:
-        d = (norm if attr is None else mixer if attr == "" else mixer.__dict__["_modules"][attr]).__dict__
-        params, buffers = d["_parameters"], d["_buffers"]
-        for n in names:
-            t = params[n] if n in params else buffers[n] if n in buffers else d.get(n)
-            out.append(None if t is None else t.data_ptr())
+    for m in (norm, mixer, mods["conv1d"], mods["dt_proj"], mods["in_proj"], mods["x_proj"], mods["out_proj"]):
+        d = m.__dict__
+        for t in d["_parameters"].values():
+            out.append(t if t is None else t.data_ptr())
+        for t in d["_buffers"].values():
+            out.append(t if t is None else t.data_ptr())
     return out

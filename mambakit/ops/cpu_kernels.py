@@ -38,7 +38,7 @@ CSRC = Path(__file__).parent / "csrc"
 SOURCES = [CSRC / "selective_scan.cpp", CSRC / "decode_step.cpp", CSRC / "ssd_step.cpp",
            CSRC / "gemv.cpp", CSRC / "mamba_block_step.cpp", CSRC / "ssd_chunk.cpp",
            CSRC / "mamba2_rows.cpp", CSRC / "causal_conv1d.cpp"]  # linked into one library
-HEADERS = [CSRC / "fastmath.h"]
+HEADERS = [CSRC / "fastmath.h", CSRC / "decode_ops.h", CSRC / "gemv.h"]
 # -fno-trapping-math: FP operations may be assumed not to trap (nothing here reads FP exception
 # flags), which lets GCC if-convert the range checks in fastmath.h's exp_ and so vectorise every
 # loop that calls it; with the default the scan's exp loops stayed scalar ("control flow in loop"):
@@ -68,6 +68,16 @@ class MambaBlockArgs(ctypes.Structure):
         [(name, ctypes.c_int32) for name in ("in_format", "xp_format", "out_format", "threads")]
 
 
+class MambaLMArgs(ctypes.Structure):
+    """Mirror of `struct MambaLMArgs` in mamba_block_step.cpp (order and types must match)."""
+
+    _fields_ = [("layers", ctypes.POINTER(MambaBlockArgs)), ("n_layer", ctypes.c_int64),
+                ("residual", ctypes.c_void_p), ("norm_w", ctypes.c_void_p), ("eps", ctypes.c_float),
+                ("head_format", ctypes.c_int32), ("head_w", ctypes.c_void_p), ("head_scale", ctypes.c_void_p),
+                ("head_bias", ctypes.c_void_p), ("vocab", ctypes.c_int64), ("logits", ctypes.c_void_p),
+                ("b", ctypes.c_int64), ("threads", ctypes.c_int32)]
+
+
 _P, _I, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 _SCAN = [ctypes.POINTER(ScanArgs)]
 # Every exported symbol and its argument types (all return void).
@@ -88,6 +98,7 @@ _SIGNATURES = {
     **{f"mk_gemv_{w}": [_P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32] for w in ("f32", "bf16", "i8")},
     "mk_gemv_arithmetic": [],
     "mk_mamba_block_step_f32": [ctypes.POINTER(MambaBlockArgs)],
+    "mk_mamba_lm_step_f32": [ctypes.POINTER(MambaLMArgs)],
     # xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, BC_stride, x, x_stride,
     # dt, dt_stride, dt_bias, softplus, dt_lo, dt_hi, A, D, D_per_channel, z, z_stride, threads
     "mk_ssd_chunk_fwd_f32": [_P] * 10 + [_I] * 8 + [_P, _I, _P, _I, _P, _I32, ctypes.c_float, ctypes.c_float,

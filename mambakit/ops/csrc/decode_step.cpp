@@ -12,7 +12,7 @@
 // go to separate buffers, so a state someone still holds is never changed behind their back.
 #include <cstdint>
 
-#include "fastmath.h"
+#include "decode_ops.h"
 
 using namespace mk;
 
@@ -25,16 +25,8 @@ void mk_conv_step_f32(const float* x, int64_t x_stride, const float* state, floa
 #pragma omp parallel for if (b * d >= (1 << 15)) schedule(static)  // a 130M step: serial (µs)
   for (int64_t bc = 0; bc < b * d; ++bc) {
     const int64_t i = bc / d, c = bc % d;
-    const float* s = state + bc * (k - 1);
-    float* so = state_out + bc * (k - 1);
-    const float* wc = w + c * k;
-    const float xt = x[i * x_stride + c];
-    float acc = bias ? bias[c] : 0.0f;
-    for (int64_t j = 0; j < k - 1; ++j) acc += wc[j] * s[j];
-    acc += wc[k - 1] * xt;
-    for (int64_t j = 0; j + 1 < k - 1; ++j) so[j] = s[j + 1];  // forward copy: safe if aliased
-    if (k > 1) so[k - 2] = xt;
-    y[bc] = silu ? acc * sigmoid_(acc) : acc;
+    y[bc] = conv_step_channel(state + bc * (k - 1), state_out + bc * (k - 1), w + c * k, bias ? bias[c] : 0.0f,
+                              x[i * x_stride + c], k, silu != 0);
   }
 }
 
@@ -50,26 +42,11 @@ void mk_state_update_f32(const float* h, float* h_out, const float* x, int64_t x
 #pragma omp parallel for if (b * d * n >= (1 << 18)) schedule(static)  // large batches only
   for (int64_t bc = 0; bc < b * d; ++bc) {
     const int64_t i = bc / d, c = bc % d, grp = c / per_group;
-    const float xt = x[i * x_stride + c];
     float delta = dt[i * dt_stride + c] + (dt_bias ? dt_bias[c] : 0.0f);
     if (softplus) delta = softplus_(delta);
-    const float *Bi = B + i * B_bstride + grp * B_gstride, *Ci = C + i * C_bstride + grp * C_gstride;
-    const float *Ac = A + c * n, *hc = h + bc * n;
-    float* ho = h_out + bc * n;
-    const float dx = delta * xt;
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t k = 0; k < n; ++k) {
-      const float hk = exp_(delta * Ac[k]) * hc[k] + Bi[k] * dx;
-      ho[k] = hk;
-      acc += hk * Ci[k];
-    }
-    if (D) acc += D[c] * xt;
-    if (z) {
-      const float zt = z[i * z_stride + c];
-      acc *= zt * sigmoid_(zt);
-    }
-    y[bc] = acc;
+    y[bc] = state_update_channel(h + bc * n, h_out + bc * n, A + c * n, B + i * B_bstride + grp * B_gstride,
+                                 C + i * C_bstride + grp * C_gstride, delta, x[i * x_stride + c], D ? D + c : nullptr,
+                                 z ? z + i * z_stride + c : nullptr, n);
   }
 }
 

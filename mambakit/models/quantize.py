@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+import torch
 from torch import nn
 
 from mambakit.modules.linear import FORMATS, PackedLinear
+from mambakit.ops.hugepages import together_on_huge_pages
 
 KEEP_FP32 = ("dt_proj",)  # Δ's projection: part of the SSM arithmetic, small, kept exact
 
@@ -36,8 +38,31 @@ def quantize(model: nn.Module, fmt: str = "int8") -> nn.Module:
         if uses[id(module.weight)] > 1 and packed.weight is not module.weight:
             packed.weight._tied_copy = True      # a copy of a tied weight: num_parameters counts it once
         setattr(model.get_submodule(owner), leaf, packed)
+    _weights_in_reading_order(model)
     model.quantization = fmt
     return model
+
+
+@torch.no_grad()
+def _weights_in_reading_order(model: nn.Module) -> None:
+    """Move the weights a decode step streams (every PackedLinear's, and the KEEP_FP32 Linears')
+    into one huge-page buffer, in module order — the order a step reads them (ops/hugepages.py,
+    together_on_huge_pages). Values, dtypes, shapes, Parameters and ties are unchanged."""
+    modules, seen = [], set()
+    for name, module in model.named_modules():
+        if isinstance(module, PackedLinear) or (type(module) is nn.Linear and name.rpartition(".")[2] in KEEP_FP32):
+            if id(module.weight) not in seen:     # a tied weight moves once
+                seen.add(id(module.weight))
+                modules.append(module)
+    moved = together_on_huge_pages([m.weight for m in modules])
+    for module, weight in zip(modules, moved):
+        if weight is module.weight:
+            continue
+        if isinstance(module.weight, nn.Parameter):
+            module.weight.data = weight           # the same Parameter: ties and optimizers still see it
+        else:                                     # a buffer (int8): the same name, and its marks
+            weight.__dict__.update(module.weight.__dict__)        # (e.g. _tied_copy)
+            module.weight = weight
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -56,3 +56,33 @@ def on_huge_pages(t: Tensor) -> Tensor:
     out = buf[offset:offset + nbytes].view(t.dtype).view(t.shape)      # keeps `buf` alive
     out.copy_(t.detach())
     return out
+
+
+def together_on_huge_pages(tensors: list[Tensor], align: int = 64) -> list[Tensor]:
+    """Contiguous copies of the CPU tensors `tensors`, laid out one after another (each starting on
+    an `align`-byte boundary) in one buffer whose whole 2 MB pages are advised MADV_HUGEPAGE before
+    the copies touch them; `tensors` themselves where huge pages cannot be asked for.
+
+    Why: decoding reads a model's weights in one fixed order every token. Each weight on its own
+    huge-page buffer leaves its tail under 2 MB on small pages (x_proj, 0.5 MB at 130M, entirely):
+    14% of a 130M Mamba's fp32 weight bytes. Laid out in reading order in one buffer, every weight
+    but the last tail is on huge pages, and the read is one stream from the first weight to the last.
+    """
+    madvise = _madvise()
+    if madvise is None or any(t.device.type != "cpu" for t in tensors):
+        return list(tensors)
+    offsets, total = [], 0
+    for t in tensors:
+        offsets.append(total)
+        total += -(-t.numel() * t.element_size() // align) * align
+    buf = torch.empty(total + HUGE_PAGE, dtype=torch.uint8)             # untouched until the copies
+    base = -buf.data_ptr() % HUGE_PAGE
+    if total >= HUGE_PAGE and madvise(buf.data_ptr() + base, total // HUGE_PAGE * HUGE_PAGE, _MADV_HUGEPAGE) != 0:
+        return list(tensors)
+    out = []
+    for t, offset in zip(tensors, offsets):
+        start = base + offset
+        view = buf[start:start + t.numel() * t.element_size()].view(t.dtype).view(t.shape)   # keeps `buf` alive
+        view.copy_(t.detach())
+        out.append(view)
+    return out

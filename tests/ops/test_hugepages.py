@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mambakit.modules.linear import PackedLinear
-from mambakit.ops.hugepages import HUGE_PAGE, _madvise, on_huge_pages
+from mambakit.ops.hugepages import HUGE_PAGE, _madvise, on_huge_pages, together_on_huge_pages
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
@@ -34,3 +34,40 @@ def test_packed_fp32_keeps_the_parameter_and_its_tie():
     with torch.no_grad():
         weight[0] += 1                                                # one tensor still, as before
     assert torch.equal(embedding(torch.tensor([0]))[0], packed.weight[0])
+
+
+def test_together_keeps_values_and_lays_tensors_out_in_order():
+    ts = [(torch.randn(*shape) * 50).to(dtype) for shape, dtype in
+          [((700, 1027), torch.float32), ((3, 5), torch.int8), ((1100, 999), torch.bfloat16), ((7,), torch.float32)]]
+    moved = together_on_huge_pages(ts)
+    for a, b in zip(moved, ts):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.is_contiguous() and torch.equal(a, b)
+    if _madvise() is None:
+        assert all(a is b for a, b in zip(moved, ts))
+        return
+    assert moved[0].data_ptr() % HUGE_PAGE == 0
+    assert len({t.untyped_storage().data_ptr() for t in moved}) == 1             # one buffer
+    for a, b in zip(moved, moved[1:]):                                         # in order, 64-byte aligned
+        assert b.data_ptr() % 64 == 0
+        assert a.data_ptr() + a.numel() * a.element_size() <= b.data_ptr() < a.data_ptr() + a.numel() * a.element_size() + 64
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8"])
+def test_quantize_lays_the_decode_weights_out_in_reading_order(fmt):
+    from mambakit import MambaConfig, MambaLM, quantize
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=3000)).eval()   # 0.8 MB head: the arena > 2 MB
+    ids = torch.randint(0, 3000, (1, 7))
+    with torch.inference_mode():
+        before = model(ids)
+    quantize(model, fmt)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids), before, atol=0.5 if fmt != "fp32" else 1e-5, rtol=0.1)
+    assert model.lm_head.weight is model.backbone.embedding.weight or fmt != "fp32"    # the tie holds
+    if _madvise() is None:
+        return
+    m = model.backbone.layers[0].mixer
+    order = [m.in_proj.weight, m.x_proj.weight, m.dt_proj.weight, m.out_proj.weight,
+             model.backbone.layers[1].mixer.in_proj.weight, model.lm_head.weight]
+    assert len({t.untyped_storage().data_ptr() for t in order}) == 1
+    assert [t.data_ptr() for t in order] == sorted(t.data_ptr() for t in order)

@@ -1,14 +1,20 @@
-"""A whole Mamba block's decode step in one compiled call (csrc/mamba_block_step.cpp):
+"""A whole Mamba block's decode step in one compiled call, and a whole Mamba LM's (csrc/mamba_block_step.cpp):
 
-    residual (b, d_model) fp32 -> residual + MambaMixer.step(RMSNorm(residual)), new conv state
-    (b, d_inner, d_conv - 1) and new SSM state (b, d_inner, d_state), the old ones left untouched
+    MambaBlockStep: residual (b, d_model) fp32 -> residual + MambaMixer.step(RMSNorm(residual)),
+    new conv state (b, d_inner, d_conv - 1) and new SSM state (b, d_inner, d_state), the old ones
+    left untouched
+    MambaLMStep: embeddings (b, d_model) -> logits (b, vocab) through every block, norm_f and the
+    LM head, with every layer's new states
 
-Why: a 130M decode step streams its weights in ~10 ms, and the eager block step spends a few ms
-more on ~15 small torch ops and 5 kernel calls per layer around them. Its twin is the unfused
-Block.step (the norm, the mixer's step ops, the residual add); tests compare them.
+Why: a 130M decode step streams its weights in ~30 ms on 2 Zen 3 cores, and the eager block step
+spends a few ms more on ~15 small torch ops and 5 kernel calls per layer around them; a call per
+layer still cost ~30 µs of Python each and left one core idle during the small stages. Twins: the
+unfused Block.step (the norm, the mixer's step ops, the residual add) and MixerLM.step over the
+blocks; tests compare them.
 
 `MambaBlockStep` checks a block's tensors once and keeps the argument struct, so each call only
-checks the step's inputs, writes five pointers and runs the kernel. Weights in any format of
+checks the step's inputs, writes five pointers and runs the kernel; `MambaLMStep` keeps an array of
+those structs and writes four state pointers per layer per call. Weights in any format of
 `ops.linear` (fp32, bf16, int8 with per-row scales), through the same GEMV kernels.
 """
 from __future__ import annotations
@@ -91,7 +97,7 @@ class MambaBlockStep:
         _check("ssm_state", ssm_state, (b, s["d_inner"], s["d_state"]), (_F32,))
         out, conv_out, ssm_out = torch.empty_like(residual), torch.empty_like(conv_state), torch.empty_like(ssm_state)
         a = self.args
-        a.residual, a.residual_out, a.b, a.threads = residual.data_ptr(), out.data_ptr(), b, threads
+        a.residual, a.residual_out, a.b, a.threads = residual.data_ptr(), out.data_ptr(), b, max(1, threads)
         a.conv_state, a.conv_state_out = conv_state.data_ptr(), conv_out.data_ptr()
         a.ssm_state, a.ssm_state_out = ssm_state.data_ptr(), ssm_out.data_ptr()
         self._kernel(self._args_ref)
@@ -179,6 +185,6 @@ class MambaLMStep:
             layer.conv_state_out, layer.ssm_state_out = conv_ptr + i * conv_bytes, ssm_ptr + i * ssm_bytes
         logits = residual.new_empty((b, self.vocab))
         a = self.args
-        a.residual, a.logits, a.b, a.threads = residual.data_ptr(), logits.data_ptr(), b, threads
+        a.residual, a.logits, a.b, a.threads = residual.data_ptr(), logits.data_ptr(), b, max(1, threads)
         self._kernel(self._args_ref)
         return logits, conv_all.unbind(0), ssm_all.unbind(0)

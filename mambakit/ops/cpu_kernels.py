@@ -13,7 +13,7 @@ missing or compilation fails, `available()` says why and the ops' "auto" falls b
 Leaves on top of this module: scan_cpu.py (selective scan fwd/bwd), mamba_inner.py (the Mamba
 mixer's conv + SiLU + scan + gate for whole sequences, training), step_cpu.py (one-token decode
 step and Mamba-2's SSD step, the matrix-vector products of decoding), block_step_cpu.py (a whole
-Mamba block's decode step in one call), ssd_chunk_scan.py / ssd_cpu.py (Mamba-2's chunked SSD
+Mamba block's decode step, or a whole Mamba LM's, in one call), ssd_chunk_scan.py / ssd_cpu.py (Mamba-2's chunked SSD
 forward) and mamba2_cpu.py (its conv + SiLU and gated RMSNorm for prefill). A new kernel is a csrc/ file
 plus its entry in `_SIGNATURES`. `build_for` compiles for another target (AVX2-only, no SIMD) so
 tests reach the portable fallbacks of the intrinsics code on an AVX-512 machine.
@@ -109,6 +109,8 @@ _SIGNATURES = {
     "mk_rmsnorm_gated_f32": [_P, _I, _P, _I, _P, _P, _I, _I, _I, ctypes.c_float, _I32, _I32],
     # x, x_bstride, x_lstride, w, bias, u, scratch, b, d, l, k, threads
     "mk_conv1d_silu_fwd_f32": [_P, _I, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32],
+    # v, z, z_bstride, z_lstride, y, b, d, l, threads
+    "mk_gate_silu_f32": [_P, _P, _I, _I, _P, _I, _I, _I, _I32],
     # x, x_bstride, x_lstride, w, bias, du, dx, dx_bstride, dx_lstride, dw, dbias, scratch, b, d, l, k, threads
     "mk_conv1d_silu_bwd_f32": [_P, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I32],
 }

@@ -79,6 +79,27 @@ def conv1d_silu_backward(xz: Tensor, weight: Tensor, bias: Optional[Tensor], du:
     return dw, db
 
 
+def gate_ref(xz: Tensor, v: Tensor) -> Tensor:
+    """The spec of `gate_silu`: v (b, d, l) · SiLU(z) for z the second half of xz (b, l, 2d) -> (b, l, d)."""
+    return F.silu(xz[..., xz.shape[-1] // 2:]).mul(v.transpose(1, 2)).contiguous()
+
+
+def gate_silu(xz: Tensor, v: Tensor, lib=None) -> Tensor:
+    """`gate_ref` in one pass (csrc/causal_conv1d.cpp, mk_gate_silu_f32): xz (b, l, 2d) and v
+    (b, d, l) contiguous fp32, shapes as the fused op's forward makes them (checked by the caller's
+    check_mamba_inner_inputs; v is its own). `lib`: another build of the kernels (tests)."""
+    b, l, d2 = xz.shape
+    d = d2 // 2
+    if (v.shape != (b, d, l) or not (v.is_contiguous() and xz.is_contiguous()) or v.dtype != torch.float32
+            or xz.dtype != torch.float32 or d2 % 2):
+        raise ValueError(f"gate_silu: needs xz (b, l, 2d) and v (b, d, l) contiguous fp32, got {tuple(xz.shape)}, "
+                         f"{tuple(v.shape)}")
+    y = xz.new_empty(b, l, d)
+    (lib or cpu_kernels.library()).mk_gate_silu_f32(ptr(v), ptr(xz) + d * 4, l * d2, d2, ptr(y), b, d, l,
+                                                    torch.get_num_threads())
+    return y
+
+
 def _scan_dims(b: int, d: int, l: int, n: int) -> dict:
     return dict(b=b, d=d, l=l, n=n, g=1, chunk=scan_cpu.CHUNK, softplus=1,
                 threads=max(1, min(torch.get_num_threads(), b * d)))
@@ -106,7 +127,7 @@ class _MambaInner(torch.autograd.Function):
         scan_cpu._call("fwd", torch.float32, u=u, delta=delta, A=A, B=B, C=C, D=D, z=None, delta_bias=dt_bias,
                        reset=None, h0=None, out=v, last=u.new_empty(b, d, n), ckpt=ckpt, v=None,
                        **_scan_dims(b, d, l, n))
-        y = F.silu(xz[..., d:]).mul_(v.transpose(1, 2))                         # (b, l, d)
+        y = gate_silu(xz, v)                                                    # (b, l, d)
         if train:
             ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                                   out_weight, x_dbl, v, ckpt)

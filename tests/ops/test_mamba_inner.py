@@ -6,7 +6,8 @@ import torch
 
 from mambakit.ops.conv import causal_conv1d
 from mambakit.ops.cpu_kernels import available, build_for, library
-from mambakit.ops.mamba_inner import conv1d_silu, conv1d_silu_backward, mamba_inner, mamba_inner_ref
+from mambakit.ops.mamba_inner import (conv1d_silu, conv1d_silu_backward, gate_ref, gate_silu, mamba_inner,
+                                      mamba_inner_ref)
 from tests.ops.isa import isa_targets
 
 pytestmark = pytest.mark.skipif(available(torch.device("cpu")) is not None, reason="no C++ compiler")
@@ -89,3 +90,15 @@ def test_bad_inputs_are_named_before_the_kernel_runs(bad, match):
     bad(args)
     with pytest.raises(ValueError, match=match):
         mamba_inner(*args)
+
+
+@pytest.mark.parametrize("march", isa_targets())
+def test_gate_kernel_matches_its_twin_on_each_isa(march):
+    """y = v · SiLU(z) transposed from (b, d, l) to (b, l, d) in tiles of 16 × 16: shapes with
+    partial tiles in both directions, one step, one channel."""
+    lib = library() if march == "native" else build_for(march, ("causal_conv1d.cpp",))
+    for b, l, d in [(2, 37, 21), (1, 16, 16), (3, 1, 5), (1, 50, 1), (2, 33, 48)]:
+        xz, v = torch.randn(b, l, 2 * d) * 4, torch.randn(b, d, l)
+        torch.testing.assert_close(gate_silu(xz, v, lib), gate_ref(xz, v), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"gate_silu: needs xz \(b, l, 2d\) and v \(b, d, l\)"):
+        gate_silu(torch.randn(1, 4, 6), torch.randn(1, 4, 3))

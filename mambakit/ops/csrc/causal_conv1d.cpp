@@ -142,3 +142,31 @@ void mk_conv1d_silu_bwd_f32(const float* x, int64_t x_bstride, int64_t x_lstride
 }
 
 }  // extern "C"
+
+// The gate of the fused mixer's forward: y (b, l, d) = v (b, d, l) · SiLU(z), z read in place at
+// z[i*z_bstride + t*z_lstride + c] (the second half of xz). In torch this was F.silu on a strided
+// view then mul_ with v transposed: a column-wise read of v per output row. Here tiles of 16
+// channels × 16 steps are read from v along time, gated and written to y along channels, so both
+// sides move in 64-byte rows. Twin: the torch expression (ops/mamba_inner.py, gate_ref).
+extern "C" void mk_gate_silu_f32(const float* v, const float* z, int64_t z_bstride, int64_t z_lstride, float* y,
+                                 int64_t b, int64_t d, int64_t l, int32_t threads) {
+  constexpr int64_t T = 16;
+  const int64_t lt = (l + T - 1) / T, dt = (d + T - 1) / T;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t tile = 0; tile < lt * dt; ++tile) {
+      const int64_t t0 = tile / dt * T, c0 = tile % dt * T;
+      const int64_t nt = std::min(T, l - t0), nc = std::min(T, d - c0);
+      float buf[T][T];  // buf[t][c] = v[i, c0 + c, t0 + t]
+      for (int64_t c = 0; c < nc; ++c) {
+        const float* vr = v + (i * d + c0 + c) * l + t0;
+        for (int64_t t = 0; t < nt; ++t) buf[t][c] = vr[t];
+      }
+      for (int64_t t = 0; t < nt; ++t) {
+        const float* zr = z + i * z_bstride + (t0 + t) * z_lstride + c0;
+        float* yr = y + (i * l + t0 + t) * d + c0;
+#pragma omp simd
+        for (int64_t c = 0; c < nc; ++c) yr[c] = buf[t][c] * (zr[c] * sigmoid_(zr[c]));
+      }
+    }
+}

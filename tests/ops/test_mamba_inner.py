@@ -6,8 +6,14 @@ import torch
 
 from mambakit.ops.conv import causal_conv1d
 from mambakit.ops.cpu_kernels import available, build_for, library
-from mambakit.ops.mamba_inner import (conv1d_silu, conv1d_silu_backward, gate_ref, gate_silu, mamba_inner,
-                                      mamba_inner_ref)
+from mambakit.ops.mamba_inner import (
+    conv1d_silu,
+    conv1d_silu_backward,
+    gate_ref,
+    gate_silu,
+    mamba_inner,
+    mamba_inner_ref,
+)
 from tests.ops.isa import isa_targets
 
 pytestmark = pytest.mark.skipif(available(torch.device("cpu")) is not None, reason="no C++ compiler")

@@ -103,16 +103,19 @@ _SIGNATURES = {
     # dt, dt_stride, dt_bias, softplus, dt_lo, dt_hi, A, D, D_per_channel, z, z_stride, threads
     "mk_ssd_chunk_fwd_f32": [_P] * 10 + [_I] * 8 + [_P, _I, _P, _I, _P, _I32, ctypes.c_float, ctypes.c_float,
                                                     _P, _P, _I32, _P, _I, _I32],
-    # x, x_stride, state, wT, bias, y, state_out, b, l, d, k, silu, threads
-    "mk_conv_silu_rows_f32": [_P, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I32, _I32],
     # y, y_stride, z, z_stride, w, out, rows, d, group, eps, norm_before_gate, threads
     "mk_rmsnorm_gated_f32": [_P, _I, _P, _I, _P, _P, _I, _I, _I, ctypes.c_float, _I32, _I32],
-    # x, x_bstride, x_lstride, w, bias, u, scratch, b, d, l, k, threads
-    "mk_conv1d_silu_fwd_f32": [_P, _I, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I32],
+    # y, y_stride, z, z_stride, w, dout, dy, dz, dw_part, rows, d, group, eps, norm_before_gate, threads
+    "mk_rmsnorm_gated_bwd_f32": [_P, _I, _P, _I, _P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_float, _I32, _I32],
+    # x, x_bstride, x_lstride, state, w, bias, u, u_bstride, u_cstride, u_lstride, state_out, scratch,
+    # b, d, l, k, threads
+    "mk_conv1d_silu_fwd_f32": [_P, _I, _I, _P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _I, _I, _I, _I32],
+    # x, x_bstride, x_lstride, state, w, bias, du, du_bstride, du_cstride, du_lstride, dx, dx_bstride,
+    # dx_lstride, dw, dbias, scratch, b, d, l, k, threads
+    "mk_conv1d_silu_bwd_f32": [_P, _I, _I, _P, _P, _P, _P, _I, _I, _I, _P, _I, _I, _P, _P, _P, _I, _I, _I, _I,
+                               _I32],
     # v, z, z_bstride, z_lstride, y, b, d, l, threads
     "mk_gate_silu_f32": [_P, _P, _I, _I, _P, _I, _I, _I, _I32],
-    # x, x_bstride, x_lstride, w, bias, du, dx, dx_bstride, dx_lstride, dw, dbias, scratch, b, d, l, k, threads
-    "mk_conv1d_silu_bwd_f32": [_P, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I32],
 }
 _RESTYPES = {"mk_gemv_arithmetic": ctypes.c_int32}  # every other symbol returns void
 

@@ -58,9 +58,10 @@ def conv1d_silu(xz: Tensor, weight: Tensor, bias: Optional[Tensor], lib=None) ->
     b, l, d2 = xz.shape
     d, k = weight.shape
     threads = torch.get_num_threads()
-    u, scratch = xz.new_empty(b, d, l), _conv_scratch(xz, k, threads, 1)   # held for the call
+    u, scratch = xz.new_empty(b, d, l), _conv_scratch(xz, k, threads, 2)   # held for the call
     (lib or cpu_kernels.library()).mk_conv1d_silu_fwd_f32(
-        ptr(xz), l * d2, d2, ptr(weight), ptr(bias), ptr(u), ptr(scratch), b, d, l, k, threads)
+        ptr(xz), l * d2, d2, None, ptr(weight), ptr(bias), ptr(u), d * l, l, 1, None, ptr(scratch),
+        b, d, l, k, threads)
     return u
 
 
@@ -72,10 +73,10 @@ def conv1d_silu_backward(xz: Tensor, weight: Tensor, bias: Optional[Tensor], du:
     d, k = weight.shape
     threads = torch.get_num_threads()
     dw, db = torch.empty_like(weight), None if bias is None else torch.empty_like(bias)
-    scratch = _conv_scratch(xz, k, threads, 2)                                 # held for the call
+    scratch = _conv_scratch(xz, k, threads, 3)                                 # held for the call
     (lib or cpu_kernels.library()).mk_conv1d_silu_bwd_f32(
-        ptr(xz), l * d2, d2, ptr(weight), ptr(bias), ptr(du), ptr(dxz), l * d2, d2, ptr(dw), ptr(db),
-        ptr(scratch), b, d, l, k, threads)
+        ptr(xz), l * d2, d2, None, ptr(weight), ptr(bias), ptr(du), d * l, l, 1, ptr(dxz), l * d2, d2,
+        ptr(dw), ptr(db), ptr(scratch), b, d, l, k, threads)
     return dw, db
 
 

@@ -1,5 +1,7 @@
-// Causal depthwise conv1d + SiLU over a whole sequence (the Mamba block's short convolution),
-// forward and backward, for the fused mixer of ops/mamba_inner.py.
+// Causal depthwise conv1d + SiLU over a whole sequence (the short convolution of both Mamba
+// mixers), forward and backward: one kernel for ops/mamba_inner.py (Mamba-1, output (b, d, l) for
+// the scan) and ops/mamba2_cpu.py (Mamba-2, output (b, l, d) rows for the SSD, with a carried
+// conv state for prefill and chunked continuation).
 //
 // Why not F.conv1d + F.silu: torch's depthwise conv wants a padded (b, d, k-1+l) copy of its input
 // and keeps its output and the SiLU's for the backward. Here the input is read in place from the
@@ -8,11 +10,14 @@
 // gradient's layout.
 //
 // Layouts: x (b, l, ·) with channel c of step t of row i at x[i*x_bstride + t*x_lstride + c];
-// u (b, d, l) contiguous; w (d, k); bias (d) or null; du (b, d, l); dx like x (its own strides);
-// dw (d, k), dbias (d). Channels are spread over threads in blocks of kBlock: a block's inputs are
-// gathered into per-thread rows along time (one 64-byte read per step), every loop after that is
-// stride-1 in time, and in the backward a thread owns its channels' dw and dbias (batch rows are
-// summed inside). k <= 8 (checked in Python).
+// u and du with element (i, c, t) at [i*bstride + c*cstride + t*lstride] ((b, d, l) or (b, l, d));
+// state, state_out (b, d, k-1) contiguous or null (null state: zeros before step 0); w (d, k);
+// bias (d) or null; dx like x (its own strides); dw (d, k), dbias (d). Channels are spread over
+// threads in blocks of kBlock: a block's inputs are gathered into per-thread rows along time (one
+// 64-byte read per step), every loop after that is stride-1 in time, and in the backward a thread
+// owns its channels' dw and dbias (batch rows are summed inside). Outputs along channels ((b, l, d)
+// rows) go through a per-thread block and leave as 64-byte rows too. k <= 8 (checked in Python).
+// Reference twin: ops.conv.causal_conv1d + SiLU under autograd; tests compare both layouts.
 #include <algorithm>
 #include <cstdint>
 
@@ -26,15 +31,38 @@ using namespace mk;
 constexpr int64_t kBlock = 16;  // channels per task: one 64-byte row of x per step
 
 // Channels c0..c0+nc-1 of row i of x, steps -(k-1)..l-1, transposed to rows of `pitch` floats
-// (zeros before step 0): xt[j * pitch + (k-1) + t] = x[i, t, c0 + j]. The reads are 64-byte
-// rows of x; everything after runs along time, stride-1, as the scan does.
-inline void gather(const float* x, int64_t x_bstride, int64_t x_lstride, int64_t i, int64_t c0, int64_t nc,
-                   int64_t l, int64_t k, int64_t pitch, float* xt) {
-  for (int64_t j = 0; j < nc; ++j) std::fill(xt + j * pitch, xt + j * pitch + (k - 1), 0.0f);
+// (the state, or zeros, before step 0): xt[j * pitch + (k-1) + t] = x[i, t, c0 + j]. The reads
+// are 64-byte rows of x; everything after runs along time, stride-1, as the scan does.
+inline void gather(const float* x, int64_t x_bstride, int64_t x_lstride, const float* state, int64_t d,
+                   int64_t i, int64_t c0, int64_t nc, int64_t l, int64_t k, int64_t pitch, float* xt) {
+  for (int64_t j = 0; j < nc; ++j) {
+    if (state) {
+      std::copy(state + (i * d + c0 + j) * (k - 1), state + (i * d + c0 + j + 1) * (k - 1), xt + j * pitch);
+    } else {
+      std::fill(xt + j * pitch, xt + j * pitch + (k - 1), 0.0f);
+    }
+  }
   const float* xi = x + i * x_bstride + c0;
   for (int64_t t = 0; t < l; ++t) {
     const float* row = xi + t * x_lstride;
     for (int64_t j = 0; j < nc; ++j) xt[j * pitch + (k - 1) + t] = row[j];
+  }
+}
+
+// The reverse of `gather` for an output or gradient: element (i, c0+j, t) of a (b, d, l) or
+// (b, l, d) tensor from rows[j * pitch + t], or (read) the other way round.
+inline void scatter(const float* rows, int64_t pitch, int64_t nc, int64_t l, float* dst, int64_t cstride,
+                    int64_t lstride) {
+  for (int64_t t = 0; t < l; ++t) {
+    float* out = dst + t * lstride;
+    for (int64_t j = 0; j < nc; ++j) out[j * cstride] = rows[j * pitch + t];
+  }
+}
+inline void gather_rows(const float* src, int64_t cstride, int64_t lstride, int64_t nc, int64_t l, int64_t pitch,
+                        float* rows) {
+  for (int64_t t = 0; t < l; ++t) {
+    const float* in = src + t * lstride;
+    for (int64_t j = 0; j < nc; ++j) rows[j * pitch + t] = in[j * cstride];
   }
 }
 
@@ -54,42 +82,50 @@ inline void conv_row(const float* xt, const float* w, float bias, int64_t l, int
 
 extern "C" {
 
-// u = SiLU(conv(x) + bias). `scratch` holds threads · kBlock · (l + k - 1) floats.
-void mk_conv1d_silu_fwd_f32(const float* x, int64_t x_bstride, int64_t x_lstride, const float* w,
-                            const float* bias, float* u, float* scratch, int64_t b, int64_t d, int64_t l,
-                            int64_t k, int32_t threads) {
+// u = SiLU(conv(x) + bias); state_out (if not null) = the last k-1 inputs (from the state when
+// l < k-1). `scratch` holds threads · 2 · kBlock · (l + k - 1) floats.
+void mk_conv1d_silu_fwd_f32(const float* x, int64_t x_bstride, int64_t x_lstride, const float* state,
+                            const float* w, const float* bias, float* u, int64_t u_bstride, int64_t u_cstride,
+                            int64_t u_lstride, float* state_out, float* scratch, int64_t b, int64_t d,
+                            int64_t l, int64_t k, int32_t threads) {
   const int64_t nblocks = (d + kBlock - 1) / kBlock, pitch = l + k - 1;
 #pragma omp parallel num_threads(threads)
   {
-    float* xt = scratch + omp_get_thread_num() * kBlock * pitch;
+    float* xt = scratch + omp_get_thread_num() * 2 * kBlock * pitch;
+    float* ut = xt + kBlock * pitch;  // the block's outputs when u runs along channels
 #pragma omp for collapse(2) schedule(static)
     for (int64_t i = 0; i < b; ++i) {
       for (int64_t blk = 0; blk < nblocks; ++blk) {
         const int64_t c0 = blk * kBlock, nc = std::min(kBlock, d - c0);
-        gather(x, x_bstride, x_lstride, i, c0, nc, l, k, pitch, xt);
+        gather(x, x_bstride, x_lstride, state, d, i, c0, nc, l, k, pitch, xt);
         for (int64_t j = 0; j < nc; ++j) {
           const int64_t c = c0 + j;
-          float* row = u + (i * d + c) * l;
+          float* row = u_lstride == 1 ? u + i * u_bstride + c * u_cstride : ut + j * pitch;
           conv_row(xt + j * pitch, w + c * k, bias ? bias[c] : 0.0f, l, k, row);
 #pragma omp simd
           for (int64_t t = 0; t < l; ++t) row[t] = row[t] * sigmoid_(row[t]);
+          if (state_out) std::copy(xt + j * pitch + l, xt + j * pitch + l + k - 1, state_out + (i * d + c) * (k - 1));
         }
+        if (u_lstride != 1) scatter(ut, pitch, nc, l, u + i * u_bstride + c0 * u_cstride, u_cstride, u_lstride);
       }
     }
   }
 }
 
 // From du = ∂L/∂u: dx (strided like x), dw = Σ_i,t g x, dbias = Σ_i,t g, with g = du · SiLU'(pre)
-// and the pre-activation recomputed. `scratch` holds threads · 2 · kBlock · (l + k - 1) floats.
-void mk_conv1d_silu_bwd_f32(const float* x, int64_t x_bstride, int64_t x_lstride, const float* w,
-                            const float* bias, const float* du, float* dx, int64_t dx_bstride,
+// and the pre-activation recomputed (with the state as the inputs before step 0; the state itself
+// gets no gradient). `scratch` holds threads · 3 · kBlock · (l + k - 1) floats.
+void mk_conv1d_silu_bwd_f32(const float* x, int64_t x_bstride, int64_t x_lstride, const float* state,
+                            const float* w, const float* bias, const float* du, int64_t du_bstride,
+                            int64_t du_cstride, int64_t du_lstride, float* dx, int64_t dx_bstride,
                             int64_t dx_lstride, float* dw, float* dbias, float* scratch, int64_t b,
                             int64_t d, int64_t l, int64_t k, int32_t threads) {
   const int64_t nblocks = (d + kBlock - 1) / kBlock, pitch = l + k - 1;
 #pragma omp parallel num_threads(threads)
   {
-    float* xt = scratch + omp_get_thread_num() * 2 * kBlock * pitch;
-    float* g = xt + kBlock * pitch;  // g[j * pitch + t], zero for t >= l
+    float* xt = scratch + omp_get_thread_num() * 3 * kBlock * pitch;
+    float* g = xt + kBlock * pitch;   // g[j * pitch + t], zero for t >= l
+    float* dut = g + kBlock * pitch;  // the block's du when it runs along channels
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < nblocks; ++blk) {  // one thread owns a block's dw and dbias
       const int64_t c0 = blk * kBlock, nc = std::min(kBlock, d - c0);
@@ -98,10 +134,12 @@ void mk_conv1d_silu_bwd_f32(const float* x, int64_t x_bstride, int64_t x_lstride
         if (dbias) dbias[c0 + j] = 0.0f;
       }
       for (int64_t i = 0; i < b; ++i) {
-        gather(x, x_bstride, x_lstride, i, c0, nc, l, k, pitch, xt);
+        gather(x, x_bstride, x_lstride, state, d, i, c0, nc, l, k, pitch, xt);
+        if (du_lstride != 1) gather_rows(du + i * du_bstride + c0 * du_cstride, du_cstride, du_lstride, nc, l, pitch, dut);
         for (int64_t j = 0; j < nc; ++j) {
           const int64_t c = c0 + j;
-          const float *xj = xt + j * pitch, *duj = du + (i * d + c) * l, *wc = w + c * k;
+          const float *xj = xt + j * pitch, *wc = w + c * k;
+          const float* duj = du_lstride == 1 ? du + i * du_bstride + c * du_cstride : dut + j * pitch;
           float* gj = g + j * pitch;
           conv_row(xj, wc, bias ? bias[c] : 0.0f, l, k, gj);
           float db = 0.0f;

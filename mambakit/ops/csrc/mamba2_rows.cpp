@@ -1,67 +1,30 @@
-// The Mamba-2 mixer's two elementwise stages around the SSD, for prefill on CPU, each one pass over
-// (position, channel) rows instead of several PyTorch ops with their layout copies:
+// Mamba-2's gated, grouped RMSNorm on CPU, one pass over each (position, channel) row instead of
+// ~8 PyTorch ops and their saved intermediates:
+//   out = RMSNorm_g(y · SiLU(z)) · w      (or RMSNorm_g(y) · w · SiLU(z) when norm_before_gate)
+// with RMSNorm_g normalising each group of `group` channels. y and z are read in place at a row
+// stride (z is a column slice of in_proj's output).
+// mk_rmsnorm_gated_f32: the forward. mk_rmsnorm_gated_bwd_f32: its gradients, recomputing the
+//   normalised row instead of keeping it: with o the normalised input (y·SiLU(z), or y), r its
+//   group's 1/rms and g = d(out)·w (gated first when norm_before_gate),
+//     d o = r·g − o·r³·Σ_group(g·o)/group,   d w = Σ_rows d(out)·o·r,
+//   then through the gate: SiLU'(z) = σ(z)(1 + z(1 − σ(z))).
+// (The conv + SiLU stage that used to live here is csrc/causal_conv1d.cpp, shared with Mamba-1.)
 //
-// mk_conv_silu_rows_f32: the depthwise causal conv over x‖B‖C, then SiLU, reading in_proj's output
-//   rows in place (row stride xs; channels contiguous) and writing (b, l, d) rows, so x, B and C are
-//   plain views for the SSD kernel. PyTorch's path transposes to (b, d, l), concatenates the
-//   carried state, convolves, applies SiLU and transposes back: four full passes and strided copies.
-//   y[t, c] = silu(bias[c] + Σ_j w[j, c] · in[t - (k-1) + j, c]), in[-s] = state[c, k-1-s].
-//   Also returns the conv state: the last k-1 inputs (b, d, k-1).
-// mk_rmsnorm_gated_f32: Mamba-2's gated, grouped RMSNorm, out = RMSNorm_g(y · SiLU(z)) · w (or
-//   RMSNorm_g(y) · w · SiLU(z) when norm_before_gate), one pass per row instead of ~8 ops.
-//
-// Reference twins: conv_silu_rows_ref / rms_norm_gated_ref (ops/mamba2_cpu.py), which tests
-// compare; the Python side checks every shape before calling.
+// Reference twin: rms_norm_gated_ref (ops/mamba2_cpu.py) under autograd, which tests compare; the
+// Python side checks every shape before calling.
 // Loops calling exp_ / sigmoid_ vectorise because every kernel builds with -fno-trapping-math
 // (cpu_kernels.FLAGS).
 #include <omp.h>
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "fastmath.h"
 
 using namespace mk;
 
 extern "C" {
-
-void mk_conv_silu_rows_f32(const float* x, int64_t xs, const float* state, const float* wT,
-                           const float* bias, float* y, float* state_out, int64_t b, int64_t l,
-                           int64_t d, int64_t k, int32_t silu, int32_t threads) {
-  const int nt = threads > 0 ? threads : omp_get_max_threads();
-  const int64_t km = k - 1;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t it = 0; it < b * l; ++it) {
-    const int64_t i = it / l, t = it % l;
-    float* yr = y + it * d;
-#pragma omp simd
-    for (int64_t c = 0; c < d; ++c) yr[c] = bias ? bias[c] : 0.0f;
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t src = t - km + j;
-      const float* w = wT + j * d;
-      if (src >= 0) {
-        const float* xr = x + (i * l + src) * xs;
-#pragma omp simd
-        for (int64_t c = 0; c < d; ++c) yr[c] += w[c] * xr[c];
-      } else {  // before the sequence: the carried state (k-1 + src is its column)
-        const float* st = state + i * d * km + (km + src);
-        for (int64_t c = 0; c < d; ++c) yr[c] += w[c] * st[c * km];
-      }
-    }
-    if (silu) {
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) yr[c] = yr[c] * sigmoid_(yr[c]);
-    }
-  }
-  // The new state: inputs at positions l-(k-1) .. l-1 (from the old state when l < k-1).
-  for (int64_t i = 0; i < b; ++i)
-    for (int64_t c = 0; c < d; ++c)
-      for (int64_t j = 0; j < km; ++j) {
-        const int64_t pos = l - km + j;
-        state_out[(i * d + c) * km + j] =
-            pos >= 0 ? x[(i * l + pos) * xs + c] : state[(i * d + c) * km + (km + pos)];
-      }
-}
 
 void mk_rmsnorm_gated_f32(const float* y, int64_t ys, const float* z, int64_t zs, const float* w,
                           float* out, int64_t rows, int64_t d, int64_t group, float eps,
@@ -90,6 +53,70 @@ void mk_rmsnorm_gated_f32(const float* y, int64_t ys, const float* z, int64_t zs
     if (zr && norm_before_gate) {
 #pragma omp simd
       for (int64_t c = 0; c < d; ++c) o[c] *= zr[c] * sigmoid_(zr[c]);
+    }
+  }
+}
+
+// dout (rows, d) contiguous -> dy (rows, d), dz (rows, d) when z, and per-thread partial sums of
+// dw in dw_part (threads, d), zeroed by the caller, which sums them.
+void mk_rmsnorm_gated_bwd_f32(const float* y, int64_t ys, const float* z, int64_t zs, const float* w,
+                              const float* dout, float* dy, float* dz, float* dw_part, int64_t rows,
+                              int64_t d, int64_t group, float eps, int32_t norm_before_gate,
+                              int32_t threads) {
+  const int nt = threads > 0 ? threads : omp_get_max_threads();
+  const bool gate_first = z && !norm_before_gate, gate_last = z && norm_before_gate;
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> o_buf(d), g_buf(d);
+    float *o = o_buf.data(), *g = g_buf.data();
+    float* dw = dw_part + static_cast<int64_t>(omp_get_thread_num()) * d;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* yr = y + r * ys;
+      const float* zr = z ? z + r * zs : nullptr;
+      const float* dor = dout + r * d;
+      float* dyr = dy + r * d;
+      float* dzr = dz ? dz + r * d : nullptr;
+      if (gate_first) {
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) o[c] = yr[c] * (zr[c] * sigmoid_(zr[c]));
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) o[c] = yr[c];
+      }
+      for (int64_t g0 = 0; g0 < d; g0 += group) {
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t c = g0; c < g0 + group; ++c) ss += o[c] * o[c];
+        const float inv = 1.0f / std::sqrt(ss / static_cast<float>(group) + eps);
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t c = g0; c < g0 + group; ++c) {
+          float dd = dor[c];
+          if (gate_last) {  // out = n·SiLU(z) with n = o·inv·w: dz here, and d n = dout·SiLU(z)
+            const float zc = zr[c], sg = sigmoid_(zc);
+            dzr[c] = dd * o[c] * inv * w[c] * sg * (1.0f + zc * (1.0f - sg));
+            dd *= zc * sg;
+          }
+          dw[c] += dd * o[c] * inv;
+          g[c] = dd * w[c];
+          dot += g[c] * o[c];
+        }
+        const float k3 = inv * inv * inv * dot / static_cast<float>(group);
+#pragma omp simd
+        for (int64_t c = g0; c < g0 + group; ++c) g[c] = inv * g[c] - o[c] * k3;  // d o
+      }
+      if (gate_first) {  // o = y·SiLU(z)
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) {
+          const float zc = zr[c], sg = sigmoid_(zc);
+          dyr[c] = g[c] * zc * sg;
+          dzr[c] = g[c] * yr[c] * sg * (1.0f + zc * (1.0f - sg));
+        }
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) dyr[c] = g[c];
+      }
     }
   }
 }

@@ -103,6 +103,8 @@ _SIGNATURES = {
     # dt, dt_stride, dt_bias, softplus, dt_lo, dt_hi, A, D, D_per_channel, z, z_stride, threads
     "mk_ssd_chunk_fwd_f32": [_P] * 10 + [_I] * 8 + [_P, _I, _P, _I, _P, _I32, ctypes.c_float, ctypes.c_float,
                                                     _P, _P, _I32, _P, _I, _I32],
+    # xdt, a, B, C, CB, H, seg, dy, dfinal, dx, da, dB, dC, dCB, dh0, b, l, h, p, g, n, Q, threads
+    "mk_ssd_chunk_bwd_f32": [_P] * 15 + [_I] * 7 + [_I32],
     # y, y_stride, z, z_stride, w, out, rows, d, group, eps, norm_before_gate, threads
     "mk_rmsnorm_gated_f32": [_P, _I, _P, _I, _P, _P, _I, _I, _I, ctypes.c_float, _I32, _I32],
     # y, y_stride, z, z_stride, w, dout, dy, dz, dw_part, rows, d, group, eps, norm_before_gate, threads

@@ -12,6 +12,10 @@ layer at a time. The gradients are the forward's matmuls transposed, plus the de
 decays, which all have the form exp(Σ a): d(cum) = (d value) · value, summed back through the
 cumulative sum. Tests check it against the sequential reference (outputs, states, gradients) and
 gradcheck it in fp64.
+
+On the CPU (fp32) both directions also exist fused in C++ (csrc/ssd_chunk.cpp): chunk_scan_fwd_cpu
+and chunk_scan_bwd_cpu, one pass per (batch, head); the PyTorch forward and chunk_scan_bwd_ref are
+their twins, which tests compare.
 """
 from __future__ import annotations
 
@@ -69,10 +73,10 @@ class ChunkScan(torch.autograd.Function):
         b, cq, h, p = xdt.shape
         g, n = B.shape[-2:]
         c, hg = cq // Q, h // g
-        if fused:  # the C++ twin of steps 1-4 (csrc/ssd_chunk.cpp); the backward is the same
+        if fused:  # the C++ twin of steps 1-4 (csrc/ssd_chunk.cpp), and of the backward below
             y, final, H = chunk_scan_fwd_cpu(xdt, a, B, C, h0, seg, Q, keep_states=True)
             ctx.save_for_backward(xdt, a, B, C, H, None, None if seg is None else seg.view(b, c, Q))
-            ctx.Q, ctx.has_h0 = Q, h0 is not None
+            ctx.Q, ctx.has_h0, ctx.fused = Q, h0 is not None, True
             return y, final
         cum = a.view(b, c, Q, g, hg).cumsum(2)                                  # (b, c, Q, g, hg)
         seg = None if seg is None else seg.view(b, c, Q)
@@ -104,68 +108,79 @@ class ChunkScan(torch.autograd.Function):
 
         # Y_off is kept (as large as Δx) so the backward needs no second C·H matmul for d(into).
         ctx.save_for_backward(xdt, a, B, C, H, Y_off, seg)
-        ctx.Q, ctx.has_h0 = Q, h0 is not None
+        ctx.Q, ctx.has_h0, ctx.fused = Q, h0 is not None, False
         return y, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Optional[Tensor], dfinal: Optional[Tensor]):
         xdt, a, B, C, H, Y_off, seg = ctx.saved_tensors
-        Q = ctx.Q
-        b, cq, h, p = xdt.shape
-        g, n = B.shape[-2:]
-        c, hg = cq // Q, h // g
-        dy = torch.zeros_like(xdt) if dy is None else dy
-        cum = a.view(b, c, Q, g, hg).cumsum(2)                                  # (b, c, Q, g, hg)
-        L, to_end, into, through = _decays(cum, seg)
-        Bc, Cc = (t.reshape(b, c, Q, g, n).transpose(2, 3) for t in (B, C))     # (b, c, g, Q, n)
-        if Y_off is None:  # the fused forward keeps no Y_off: rebuild it from H (one matmul)
-            Y_off = (Cc @ H).view(b, c, g, Q, hg, p).transpose(2, 3) * into[..., None]
-        X = xdt.view(b, c, Q, g, hg, p)
-        dY = dy.reshape(b, c, Q, g, hg, p)                                      # (autograd may hand a strided dy)
+        if ctx.fused:  # the fused forward's backward: one C++ pass per (batch, head)
+            grads = chunk_scan_bwd_cpu(xdt, a, B, C, H, seg, dy, dfinal, ctx.Q, ctx.has_h0)
+        else:
+            grads = chunk_scan_bwd_ref(xdt, a, B, C, H, seg, dy, dfinal, ctx.Q, ctx.has_h0, Y_off)
+        return (*grads, None, None, None)
 
-        # 4. Y_off = into ∘ (C H): gradients for C, into and (all chunks at once) H.
-        dYi = (dY * into[..., None]).view(b, c, Q, g, hg * p).transpose(2, 3)   # (b, c, g, Q, hg·p)
-        dH_out = Cc.transpose(-1, -2) @ dYi                                     # (b, c, g, n, hg·p)
-        dC = dYi @ H.transpose(-1, -2)                                          # (b, c, g, Q, n)
-        dcum = (dY * Y_off).sum(-1)                                             # d(into)·into: (b, c, Q, g, hg)
 
-        # 3. the state recurrence, backwards: dH[k] = through_k · dH[k+1] + dH_out[k], and
-        #    dS[k] = dH[k+1]; dH[c] is the final state's gradient, dH[0] the initial state's.
-        dH = xdt.new_empty(b, c + 1, g, n, hg * p)
-        dH[:, c] = 0 if dfinal is None else dfinal.view(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p)
-        decay = through.repeat_interleave(p, dim=-1)[:, :, :, None]             # (b, c, g, 1, hg·p)
-        for k in reversed(range(c)):
-            torch.addcmul(dH_out[:, k], decay[:, k], dH[:, k + 1], out=dH[:, k])
-        dS = dH[:, 1:]
-        dthrough = (dS * H).sum(-2).view(b, c, g, hg, p).sum(-1) * through      # (b, c, g, hg)
-        dh0 = dH[:, 0].view(b, g, n, hg, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n) if ctx.has_h0 else None
+def chunk_scan_bwd_ref(xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, H: Tensor, seg: Optional[Tensor],
+                       dy: Optional[Tensor], dfinal: Optional[Tensor], Q: int, want_dh0: bool,
+                       Y_off: Optional[Tensor] = None):
+    """ChunkScan's backward in PyTorch ops (any device and dtype; the twin of chunk_scan_bwd_cpu).
+    Y_off: the forward's outputs from the entering states, or None to rebuild them from H."""
+    b, cq, h, p = xdt.shape
+    g, n = B.shape[-2:]
+    c, hg = cq // Q, h // g
+    dy = torch.zeros_like(xdt) if dy is None else dy
+    cum = a.view(b, c, Q, g, hg).cumsum(2)                                  # (b, c, Q, g, hg)
+    L, to_end, into, through = _decays(cum, seg)
+    Bc, Cc = (t.reshape(b, c, Q, g, n).transpose(2, 3) for t in (B, C))     # (b, c, g, Q, n)
+    if Y_off is None:  # the fused forward keeps no Y_off: rebuild it from H (one matmul)
+        Y_off = (Cc @ H).view(b, c, g, Q, hg, p).transpose(2, 3) * into[..., None]
+    X = xdt.view(b, c, Q, g, hg, p)
+    dY = dy.reshape(b, c, Q, g, hg, p)                                      # (autograd may hand a strided dy)
 
-        # 2. S = Bᵀ (to_end ∘ Δx): gradients for B, Δx and to_end.
-        BdS = (Bc @ dS).transpose(2, 3).view(b, c, Q, g, hg, p)                # (b, c, Q, g, hg, p)
-        Xw = (X * to_end[..., None]).view(b, c, Q, g, hg * p).transpose(2, 3)   # (b, c, g, Q, hg·p)
-        dB = Xw @ dS.transpose(-1, -2)                                          # (b, c, g, Q, n)
-        dX = BdS * to_end[..., None]                                            # (b, c, Q, g, hg, p)
-        dto_end = (BdS * X).sum(-1) * to_end                                    # (b, c, Q, g, hg)
+    # 4. Y_off = into ∘ (C H): gradients for C, into and (all chunks at once) H.
+    dYi = (dY * into[..., None]).view(b, c, Q, g, hg * p).transpose(2, 3)   # (b, c, g, Q, hg·p)
+    dH_out = Cc.transpose(-1, -2) @ dYi                                     # (b, c, g, n, hg·p)
+    dC = dYi @ H.transpose(-1, -2)                                          # (b, c, g, Q, n)
+    dcum = (dY * Y_off).sum(-1)                                             # d(into)·into: (b, c, Q, g, hg)
 
-        # 1. Y_diag = M Δx with M = L ∘ C Bᵀ: gradients for Δx, C Bᵀ (then C, B) and L.
-        CB = Cc @ Bc.transpose(-1, -2)                                          # (b, c, g, Q, Q)
-        M = L * CB[:, :, :, None]                                               # (b, c, g, hg, Q, Q)
-        dYd = _heads_first(dY)                                                  # (b, c, g, hg, Q, p)
-        dM = dYd @ _heads_first(X).transpose(-1, -2)                            # (b, c, g, hg, Q, Q)
-        dX = dX + (M.transpose(-1, -2) @ dYd).permute(0, 1, 4, 2, 3, 5)
-        dCB = (dM * L).sum(3)                                                   # (b, c, g, Q, Q)
-        dC = dC + dCB @ Bc
-        dB = dB + dCB.transpose(-1, -2) @ Cc
-        P = dM * M                                                              # d(cum_t - cum_s)
-        dcum = dcum + (P.sum(-1) - P.sum(-2)).permute(0, 1, 4, 2, 3)
+    # 3. the state recurrence, backwards: dH[k] = through_k · dH[k+1] + dH_out[k], and
+    #    dS[k] = dH[k+1]; dH[c] is the final state's gradient, dH[0] the initial state's.
+    dH = xdt.new_empty(b, c + 1, g, n, hg * p)
+    dH[:, c] = 0 if dfinal is None else dfinal.view(b, g, hg, p, n).permute(0, 1, 4, 2, 3).reshape(b, g, n, hg * p)
+    decay = through.repeat_interleave(p, dim=-1)[:, :, :, None]             # (b, c, g, 1, hg·p)
+    for k in reversed(range(c)):
+        torch.addcmul(dH_out[:, k], decay[:, k], dH[:, k + 1], out=dH[:, k])
+    dS = dH[:, 1:]
+    dthrough = (dS * H).sum(-2).view(b, c, g, hg, p).sum(-1) * through      # (b, c, g, hg)
+    dh0 = dH[:, 0].view(b, g, n, hg, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n) if want_dh0 else None
 
-        # The decays' exponents: to_end = exp(cum_last - cum_s), through = exp(cum_last).
-        dcum = dcum - dto_end
-        dcum[:, :, -1] += dto_end.sum(2) + dthrough
-        da = dcum.flip(2).cumsum(2).flip(2)                                     # back through the cumsum
-        return (dX.reshape(b, cq, h, p), da.reshape(b, cq, h), dB.transpose(2, 3).reshape(b, cq, g, n),
-                dC.transpose(2, 3).reshape(b, cq, g, n), dh0, None, None, None)
+    # 2. S = Bᵀ (to_end ∘ Δx): gradients for B, Δx and to_end.
+    BdS = (Bc @ dS).transpose(2, 3).view(b, c, Q, g, hg, p)                # (b, c, Q, g, hg, p)
+    Xw = (X * to_end[..., None]).view(b, c, Q, g, hg * p).transpose(2, 3)   # (b, c, g, Q, hg·p)
+    dB = Xw @ dS.transpose(-1, -2)                                          # (b, c, g, Q, n)
+    dX = BdS * to_end[..., None]                                            # (b, c, Q, g, hg, p)
+    dto_end = (BdS * X).sum(-1) * to_end                                    # (b, c, Q, g, hg)
+
+    # 1. Y_diag = M Δx with M = L ∘ C Bᵀ: gradients for Δx, C Bᵀ (then C, B) and L.
+    CB = Cc @ Bc.transpose(-1, -2)                                          # (b, c, g, Q, Q)
+    M = L * CB[:, :, :, None]                                               # (b, c, g, hg, Q, Q)
+    dYd = _heads_first(dY)                                                  # (b, c, g, hg, Q, p)
+    dM = dYd @ _heads_first(X).transpose(-1, -2)                            # (b, c, g, hg, Q, Q)
+    dX = dX + (M.transpose(-1, -2) @ dYd).permute(0, 1, 4, 2, 3, 5)
+    dCB = (dM * L).sum(3)                                                   # (b, c, g, Q, Q)
+    dC = dC + dCB @ Bc
+    dB = dB + dCB.transpose(-1, -2) @ Cc
+    P = dM * M                                                              # d(cum_t - cum_s)
+    dcum = dcum + (P.sum(-1) - P.sum(-2)).permute(0, 1, 4, 2, 3)
+
+    # The decays' exponents: to_end = exp(cum_last - cum_s), through = exp(cum_last).
+    dcum = dcum - dto_end
+    dcum[:, :, -1] += dto_end.sum(2) + dthrough
+    da = dcum.flip(2).cumsum(2).flip(2)                                     # back through the cumsum
+    return (dX.reshape(b, cq, h, p), da.reshape(b, cq, h), dB.transpose(2, 3).reshape(b, cq, g, n),
+            dC.transpose(2, 3).reshape(b, cq, g, n), dh0)
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -252,3 +267,53 @@ def chunk_scan_fwd_cpu(xdt: Optional[Tensor], a: Optional[Tensor], B: Tensor, C:
                              int(D is not None and D.dim() == 2), ptr(z), 0 if z is None else z.stride(1),
                              torch.get_num_threads() if threads is None else threads)
     return y, final, H
+
+
+def chunk_scan_bwd_cpu(xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, H: Tensor, seg: Optional[Tensor],
+                       dy: Optional[Tensor], dfinal: Optional[Tensor], Q: int, want_dh0: bool,
+                       threads: Optional[int] = None, lib=None):
+    """ChunkScan's backward in one C++ pass per (batch, head), walking the chunks backwards
+    (csrc/ssd_chunk.cpp, mk_ssd_chunk_bwd_f32); the PyTorch backward above is its twin.
+
+    xdt (b, cQ, h, p), a (b, cQ, h), B/C (b, cQ, g, n): ChunkScan's padded inputs; H (b, c, g, n,
+    hg·p) the chunk states the fused forward kept; seg (b, c, Q) or None; dy (b, cQ, h, p) and
+    dfinal (b, h, p, n), each None for no gradient. Returns (dxdt, da, dB, dC, dh0 or None).
+    The kernel leaves dB, dC and d(C·Bᵀ) per head; here they are summed over each group's heads
+    and d(C·Bᵀ) is turned into B and C gradients by two batched GEMMs (the BLAS's job).
+    """
+    b, cq, h, p = xdt.shape
+    g, n = B.shape[-2:]
+    if Q < 1 or cq % Q or h % g:
+        raise ValueError(f"chunk_scan_bwd_cpu: need whole chunks and g | h, got l={cq}, Q={Q}, h={h}, g={g}")
+    c, hg = cq // Q, h // g
+    want = {"xdt": (xdt, (b, cq, h, p)), "a": (a, (b, cq, h)), "B": (B, (b, cq, g, n)), "C": (C, (b, cq, g, n)),
+            "H": (H, (b, c, g, n, hg * p)), "seg": (seg, (b, c, Q)), "dy": (dy, (b, cq, h, p)),
+            "dfinal": (dfinal, (b, h, p, n))}
+    for name, (t, shape) in want.items():
+        if t is None:
+            continue
+        if tuple(t.shape) != shape or t.device.type != "cpu":
+            raise ValueError(f"chunk_scan_bwd_cpu: {name} must be a CPU tensor of shape {shape}, got "
+                             f"{tuple(t.shape)} on {t.device}")
+        if name != "seg" and t.dtype != torch.float32:
+            raise ValueError(f"chunk_scan_bwd_cpu: {name} must be float32, got {t.dtype}")
+    lib = library() if lib is None else lib
+    if lib is None:
+        raise RuntimeError("chunk_scan_bwd_cpu: the compiled kernels are not available")
+    xdt, a, B, C, H = (t.contiguous() for t in (xdt, a, B, C, H))
+    dy = torch.zeros_like(xdt) if dy is None else dy.contiguous()
+    dfinal = None if dfinal is None else dfinal.contiguous()
+    seg = None if seg is None else seg.to(torch.int64).contiguous()
+    Bc, Cc = (t.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4) for t in (B, C))    # (b, g, c, Q, n)
+    CB = (Cc @ Bc.transpose(-1, -2)).transpose(1, 2).contiguous()               # (b, c, g, Q, Q)
+    dx, da = torch.empty_like(xdt), torch.empty_like(a)
+    dB_h, dC_h = (xdt.new_empty(b, h, cq, n) for _ in range(2))
+    dCB_h = xdt.new_empty(b, h, c, Q, Q)
+    dh0 = xdt.new_empty(b, h, p, n) if want_dh0 else None
+    lib.mk_ssd_chunk_bwd_f32(ptr(xdt), ptr(a), ptr(B), ptr(C), ptr(CB), ptr(H), ptr(seg), ptr(dy), ptr(dfinal),
+                             ptr(dx), ptr(da), ptr(dB_h), ptr(dC_h), ptr(dCB_h), ptr(dh0), b, cq, h, p, g, n, Q,
+                             torch.get_num_threads() if threads is None else threads)
+    dCB = dCB_h.view(b, g, hg, c, Q, Q).sum(2)                                   # (b, g, c, Q, Q)
+    dB = dB_h.view(b, g, hg, cq, n).sum(2) + (dCB.transpose(-1, -2) @ Cc).view(b, g, cq, n)
+    dC = dC_h.view(b, g, hg, cq, n).sum(2) + (dCB @ Bc).view(b, g, cq, n)
+    return dx, da, dB.transpose(1, 2), dC.transpose(1, 2), dh0

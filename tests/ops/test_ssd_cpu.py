@@ -1,8 +1,8 @@
-"""SSD's "cpu" backend (csrc/ssd_chunk.cpp: the chunked forward fused per (batch, head)) against
-its twins: the sequential reference (the spec) and ChunkScan's PyTorch forward — outputs, final
-states, the chunk states the backward reads, and gradients, on awkward shapes (L not a multiple
-of the chunk, ngroups > 1, odd head counts, initial states, resets); plus the AVX2-only and scalar
-builds of the kernel, and shape checks before the call."""
+"""SSD's "cpu" backend (csrc/ssd_chunk.cpp: the chunked forward and its backward fused per
+(batch, head)) against their twins: the sequential reference (the spec) and ChunkScan's PyTorch
+forward and backward — outputs, final states, the chunk states the backward reads, and gradients,
+on awkward shapes (L not a multiple of the chunk, ngroups > 1, odd head counts, initial states,
+resets); plus the AVX2-only and scalar builds of the kernels, and shape checks before the call."""
 
 import pytest
 import torch
@@ -10,7 +10,7 @@ import torch
 from mambakit.ops import ssd_scan
 from mambakit.ops.cpu_kernels import available, build_for, library
 from mambakit.ops.ssd import REGISTRY
-from mambakit.ops.ssd_chunk_scan import ChunkScan, chunk_scan_fwd_cpu
+from mambakit.ops.ssd_chunk_scan import ChunkScan, chunk_scan_bwd_cpu, chunk_scan_bwd_ref, chunk_scan_fwd_cpu
 from mambakit.ops.ssd_cpu import CPU_CHUNK_SIZE, ssd_scan_cpu
 from tests.ops.isa import isa_targets
 from tests.ops.test_ssd import CASES, GRAD_NAMES, make_inputs
@@ -88,6 +88,43 @@ def test_kernel_matches_chunkscan_forward_and_its_saved_states(shape, h0, reset)
     torch.testing.assert_close(final2, final_ref, atol=1e-5, rtol=1e-5)
 
 
+def backward_pair(shape, h0, reset, dy=True, dfinal=True, seed=0, lib=None):
+    """(chunk_scan_bwd_cpu's, chunk_scan_bwd_ref's) gradients for the kernel's saved chunk states."""
+    b, l, h, p, g, n, Q = shape
+    xdt, a, B, C, h0, seg = chunk_inputs(b, l, h, p, g, n, Q, h0, reset, seed)
+    y, final, H = chunk_scan_fwd_cpu(xdt, a, B, C, h0, seg, Q, keep_states=True)
+    gen = torch.Generator().manual_seed(seed + 1)
+    dy = torch.randn(y.shape, generator=gen) if dy else None
+    dfinal = torch.randn(final.shape, generator=gen) if dfinal else None
+    args = (xdt, a, B, C, H, seg, dy, dfinal, Q, h0 is not None)
+    return chunk_scan_bwd_cpu(*args, threads=2, lib=lib), chunk_scan_bwd_ref(*args)
+
+
+def assert_grads_close(got, want):
+    """Equal up to fp32 rounding of sums of O(Q·p) terms: the tolerance scales with each gradient's
+    largest entry (d log Ā reaches ~70 at Q = 64 and is a cumulative sum of such terms)."""
+    for name, g, w in zip(("dxdt", "da", "dB", "dC", "dh0"), got, want):
+        if w is None:
+            assert g is None, name
+        else:
+            torch.testing.assert_close(g, w, atol=1e-5 + 2e-6 * w.abs().max().item(), rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("shape", [(1, 37, 3, 5, 1, 4, 8), (2, 40, 6, 4, 3, 7, 8), (1, 70, 5, 64, 5, 16, 16),
+                                   (2, 9, 4, 33, 2, 3, 4), (1, 64, 4, 16, 2, 32, 64)])
+@pytest.mark.parametrize("h0, reset", [(False, False), (True, True), (True, False)])
+def test_backward_kernel_matches_chunkscan_backward(shape, h0, reset):
+    """The C++ backward's dΔx, d log Ā, dB, dC and dh0 == ChunkScan's PyTorch backward on the same
+    saved tensors (a whole padded chunk past l, groups of several heads, resets, initial states)."""
+    assert_grads_close(*backward_pair(shape, h0, reset))
+
+
+@pytest.mark.parametrize("dy, dfinal", [(True, False), (False, True)])
+def test_backward_kernel_with_one_gradient_missing(dy, dfinal):
+    """Autograd hands None for an output that the loss ignores (the final state in training)."""
+    assert_grads_close(*backward_pair((2, 21, 4, 8, 2, 5, 8), True, True, dy=dy, dfinal=dfinal))
+
+
 def test_long_decay_reaches_exact_zero():
     """A state decayed past exp(-87) is exactly 0 (the kernel never builds denormals): after a
     position with log Ā = -200, the state is that position's input alone."""
@@ -114,6 +151,7 @@ def test_each_isa_build_matches_chunkscan(march):
         y, final, _ = chunk_scan_fwd_cpu(xdt, a, B, C, h0, seg, Q, threads=2, lib=lib)
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(final, final_ref, atol=1e-5, rtol=1e-5)
+        assert_grads_close(*backward_pair(shape, True, True, lib=lib))
 
 
 def test_auto_picks_cpu_with_its_own_chunk_size():
@@ -153,6 +191,22 @@ def test_bad_shapes_are_refused_before_the_kernel(change, message):
     t = change(dict(xdt=xdt, a=a, B=B, C=C, h0=h0, seg=seg, Q=4))
     with pytest.raises(ValueError, match=message):
         chunk_scan_fwd_cpu(**t)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: {**t, "a": t["a"][:, :-1]}, "a must be"),
+    (lambda t: {**t, "H": t["H"][..., :-1]}, "H must be"),
+    (lambda t: {**t, "dy": t["dy"].double()}, "dy must be float32"),
+    (lambda t: {**t, "dfinal": t["dfinal"][:, :-1]}, "dfinal must be"),
+    (lambda t: {**t, "Q": 5}, "whole chunks"),
+])
+def test_backward_refuses_bad_shapes_before_the_kernel(change, message):
+    xdt, a, B, C, h0, seg = chunk_inputs(1, 12, 3, 2, 1, 4, 4)
+    _, final, H = chunk_scan_fwd_cpu(xdt, a, B, C, h0, seg, 4, keep_states=True)
+    t = change(dict(xdt=xdt, a=a, B=B, C=C, H=H, seg=seg, dy=torch.randn_like(xdt), dfinal=torch.randn_like(final),
+                    Q=4, want_dh0=True))
+    with pytest.raises(ValueError, match=message):
+        chunk_scan_bwd_cpu(**t)
 
 
 @pytest.mark.parametrize("D_kind", ["h", "hp", None])

@@ -24,6 +24,29 @@
 
 using namespace mk;
 
+namespace {
+
+// What the norm normalises: y · SiLU(z) when gated first (z non-null), else y.
+inline void norm_input(const float* yr, const float* zr, int64_t d, float* o) {
+  if (zr) {
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) o[c] = yr[c] * (zr[c] * sigmoid_(zr[c]));
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) o[c] = yr[c];
+  }
+}
+
+// 1 / rms of one group of channels.
+inline float inv_rms(const float* o, int64_t group, float eps) {
+  float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t c = 0; c < group; ++c) ss += o[c] * o[c];
+  return 1.0f / std::sqrt(ss / static_cast<float>(group) + eps);
+}
+
+}  // namespace
+
 extern "C" {
 
 void mk_rmsnorm_gated_f32(const float* y, int64_t ys, const float* z, int64_t zs, const float* w,
@@ -35,18 +58,9 @@ void mk_rmsnorm_gated_f32(const float* y, int64_t ys, const float* z, int64_t zs
     const float* yr = y + r * ys;
     const float* zr = z ? z + r * zs : nullptr;
     float* o = out + r * d;
-    if (zr && !norm_before_gate) {
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) o[c] = yr[c] * (zr[c] * sigmoid_(zr[c]));
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) o[c] = yr[c];
-    }
+    norm_input(yr, zr && !norm_before_gate ? zr : nullptr, d, o);
     for (int64_t g0 = 0; g0 < d; g0 += group) {
-      float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t c = g0; c < g0 + group; ++c) ss += o[c] * o[c];
-      const float scale = 1.0f / std::sqrt(ss / static_cast<float>(group) + eps);
+      const float scale = inv_rms(o + g0, group, eps);
 #pragma omp simd
       for (int64_t c = g0; c < g0 + group; ++c) o[c] *= scale * w[c];
     }
@@ -77,18 +91,9 @@ void mk_rmsnorm_gated_bwd_f32(const float* y, int64_t ys, const float* z, int64_
       const float* dor = dout + r * d;
       float* dyr = dy + r * d;
       float* dzr = dz ? dz + r * d : nullptr;
-      if (gate_first) {
-#pragma omp simd
-        for (int64_t c = 0; c < d; ++c) o[c] = yr[c] * (zr[c] * sigmoid_(zr[c]));
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < d; ++c) o[c] = yr[c];
-      }
+      norm_input(yr, gate_first ? zr : nullptr, d, o);
       for (int64_t g0 = 0; g0 < d; g0 += group) {
-        float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t c = g0; c < g0 + group; ++c) ss += o[c] * o[c];
-        const float inv = 1.0f / std::sqrt(ss / static_cast<float>(group) + eps);
+        const float inv = inv_rms(o + g0, group, eps);
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
         for (int64_t c = g0; c < g0 + group; ++c) {

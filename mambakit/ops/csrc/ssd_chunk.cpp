@@ -263,3 +263,189 @@ void mk_ssd_chunk_fwd_f32(const float* xdt, const float* a, const float* B, cons
 }
 
 }  // extern "C"
+
+// ---- backward --------------------------------------------------------------------------------
+// ChunkScan's backward (the PyTorch one in ssd_chunk_scan.py is its twin), one pass per
+// (batch, head) walking the chunks backwards with the state gradient dS (n × p) in cache, as the
+// forward walks them forwards. Per chunk, with S the state entering it (from H), X = Δx, M = CB ∘ L:
+//   d(into ∘ C S):  dC_t = into_t dy_t Sᵀ,  dS += Cᵀ (into ∘ dy),  dcum_t += dC_t · C_t
+//   state passing:  dB_s = to_end_s Δx_s dS_nextᵀ,  dX_s = to_end_s B_s dS_next,
+//                   dcum_s -= d to_end_s,  dcum_last += Σ d to_end + d through
+//   intra-chunk:    dM = dy Xᵀ,  dX += Mᵀ dy,  dCB = dM ∘ L,  dcum_t += Σ_s dM∘M,  dcum_s -= Σ_t dM∘M
+//   da = reverse cumulative sum of dcum within the chunk.
+// dB, dC and dCB are per head here (heads of a group share B and C, and heads run on different
+// threads): the caller sums them over the group and turns dCB into B and C gradients with two
+// batched GEMMs. Inputs are padded to whole chunks (l = c·Q), all contiguous.
+namespace {
+
+struct BwdProblem {
+  const float *xdt, *a, *B, *C, *CB, *H, *dy, *dfinal;
+  const int64_t* seg;
+  float *dx, *da, *dB, *dC, *dCB, *dh0;
+  int64_t b, l, h, p, g, n, Q, c;
+};
+
+inline void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t q = 0; q < cols; ++q) dst[q * rows + r] = src[r * lds + q];
+}
+
+void run_head_bwd(const BwdProblem& P, int64_t bi, int64_t hi, float* work) {
+  const int64_t p = P.p, n = P.n, Q = P.Q, h = P.h, g = P.g;
+  const int64_t hg = h / g, gi = hi / hg, j = hi % hg, last = Q - 1;
+  float* dS = work;              // n × p: the gradient of the state leaving the current chunk
+  float* dSo = dS + n * p;       // n × p
+  float* T = dSo + n * p;        // p × n: a transposed state or state gradient
+  float* dYi = T + p * n;        // Q × p
+  float* Xw = dYi + Q * p;       // Q × p
+  float* BdS = Xw + Q * p;       // Q × p
+  float* XT = BdS + Q * p;       // p × Q
+  float* M = XT + p * Q;         // Q × Q
+  float* L = M + Q * Q;          // Q × Q
+  float* dM = L + Q * Q;         // Q × Q
+  float *cum = dM + Q * Q, *into = cum + Q, *to_end = into + Q, *dcum = to_end + Q;
+
+  if (P.dfinal) {
+    transpose(P.dfinal + (bi * h + hi) * p * n, p, n, n, dS);
+  } else {
+    std::fill(dS, dS + n * p, 0.0f);
+  }
+  const int64_t xrow = h * p, brow = g * n;
+  for (int64_t k = P.c - 1; k >= 0; --k) {
+    const int64_t t0 = k * Q;
+    const float* xk = P.xdt + (bi * P.l + t0) * xrow + hi * p;
+    const float* dyk = P.dy + (bi * P.l + t0) * xrow + hi * p;
+    float* dxk = P.dx + (bi * P.l + t0) * xrow + hi * p;
+    const float* ak = P.a + (bi * P.l + t0) * h + hi;
+    const float* Bk = P.B + (bi * P.l + t0) * brow + gi * n;
+    const float* Ck = P.C + (bi * P.l + t0) * brow + gi * n;
+    const float* CBk = P.CB + ((bi * P.c + k) * g + gi) * Q * Q;
+    const float* Sk = P.H + ((bi * P.c + k) * g + gi) * n * hg * p + j * p;  // n rows at stride hg·p
+    const int64_t* sk = P.seg ? P.seg + (bi * P.c + k) * Q : nullptr;
+    float* dBk = P.dB + ((bi * h + hi) * P.l + t0) * n;
+    float* dCk = P.dC + ((bi * h + hi) * P.l + t0) * n;
+    float* dCBk = P.dCB + ((bi * h + hi) * P.c + k) * Q * Q;
+
+    float run = 0.0f;
+    for (int64_t t = 0; t < Q; ++t) cum[t] = (run += ak[t * h]);
+    const int64_t seg_last = sk ? sk[last] : 0;
+    for (int64_t t = 0; t < Q; ++t) {
+      into[t] = (!sk || sk[t] == 0) ? decay_(cum[t]) : 0.0f;
+      to_end[t] = (!sk || sk[t] == seg_last) ? decay_(cum[last] - cum[t]) : 0.0f;
+      dcum[t] = 0.0f;
+    }
+    const float through = seg_last == 0 ? decay_(cum[last]) : 0.0f;
+
+    // Outputs from the entering state: dC = (into ∘ dy) Sᵀ, dS_out = Cᵀ (into ∘ dy).
+    for (int64_t t = 0; t < Q; ++t) {
+      const float s = into[t];
+#pragma omp simd
+      for (int64_t q = 0; q < p; ++q) dYi[t * p + q] = s * dyk[t * xrow + q];
+    }
+    transpose(Sk, n, p, hg * p, T);
+    std::fill(dCk, dCk + Q * n, 0.0f);
+    gemm_acc(dCk, n, dYi, p, 1, T, n, Q, p, n, false);
+    for (int64_t t = 0; t < Q; ++t) {
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t r = 0; r < n; ++r) acc += dCk[t * n + r] * Ck[t * brow + r];
+      dcum[t] += acc;
+    }
+    std::fill(dSo, dSo + n * p, 0.0f);
+    gemm_acc(dSo, p, Ck, 1, brow, dYi, p, n, Q, p, false);
+
+    // State passing, with dS = the gradient of the state leaving this chunk.
+    float dthrough = 0.0f;
+    for (int64_t r = 0; r < n; ++r) {
+      const float* sr = Sk + r * hg * p;
+#pragma omp simd reduction(+ : dthrough)
+      for (int64_t q = 0; q < p; ++q) dthrough += dS[r * p + q] * sr[q];
+    }
+    dthrough *= through;
+    for (int64_t s = 0; s < Q; ++s) {
+      const float w = to_end[s];
+#pragma omp simd
+      for (int64_t q = 0; q < p; ++q) Xw[s * p + q] = w * xk[s * xrow + q];
+    }
+    transpose(dS, n, p, p, T);
+    std::fill(dBk, dBk + Q * n, 0.0f);
+    gemm_acc(dBk, n, Xw, p, 1, T, n, Q, p, n, false);
+    std::fill(BdS, BdS + Q * p, 0.0f);
+    gemm_acc(BdS, p, Bk, brow, 1, dS, p, Q, n, p, false);
+    float dto_end_sum = 0.0f;
+    for (int64_t s = 0; s < Q; ++s) {
+      const float w = to_end[s];
+      const float* xs = xk + s * xrow;
+      float* dxs = dxk + s * xrow;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t q = 0; q < p; ++q) {
+        acc += BdS[s * p + q] * xs[q];
+        dxs[q] = w * BdS[s * p + q];
+      }
+      const float dte = acc * w;
+      dcum[s] -= dte;
+      dto_end_sum += dte;
+    }
+    dcum[last] += dto_end_sum + dthrough;
+#pragma omp simd
+    for (int64_t q = 0; q < n * p; ++q) dS[q] = through * dS[q] + dSo[q];  // now: entering this chunk
+
+    // Intra-chunk: M = CB ∘ L; dM = dy Xᵀ; dX += Mᵀ dy; dCB = dM ∘ L; d cum from dM ∘ M.
+    for (int64_t t = 0; t < Q; ++t) {
+      const float ct = cum[t];
+      for (int64_t s = 0; s < Q; ++s) {
+        const bool on = s <= t && (!sk || sk[s] == sk[t]);
+        L[t * Q + s] = on ? decay_(ct - cum[s]) : 0.0f;
+        M[t * Q + s] = L[t * Q + s] * CBk[t * Q + s];
+      }
+    }
+    transpose(xk, Q, p, xrow, XT);
+    std::fill(dM, dM + Q * Q, 0.0f);
+    gemm_acc(dM, Q, dyk, xrow, 1, XT, Q, Q, p, Q, false);
+    gemm_acc(dxk, xrow, M, 1, Q, dyk, xrow, Q, Q, p, false);
+    for (int64_t t = 0; t < Q; ++t) {
+      float row = 0.0f;
+      for (int64_t s = 0; s < Q; ++s) {
+        const float pm = dM[t * Q + s] * M[t * Q + s];
+        dCBk[t * Q + s] = dM[t * Q + s] * L[t * Q + s];
+        row += pm;
+        dcum[s] -= pm;
+      }
+      dcum[t] += row;
+    }
+
+    // back through the cumulative sum
+    float acc = 0.0f;
+    for (int64_t t = last; t >= 0; --t) {
+      acc += dcum[t];
+      P.da[(bi * P.l + t0 + t) * h + hi] = acc;
+    }
+  }
+  if (P.dh0) transpose(dS, n, p, p, P.dh0 + (bi * h + hi) * p * n);
+}
+
+}  // namespace
+
+extern "C" {
+
+void mk_ssd_chunk_bwd_f32(const float* xdt, const float* a, const float* B, const float* C,
+                          const float* CB, const float* H, const int64_t* seg, const float* dy,
+                          const float* dfinal, float* dx, float* da, float* dB, float* dC, float* dCB,
+                          float* dh0, int64_t b, int64_t l, int64_t h, int64_t p, int64_t g, int64_t n,
+                          int64_t Q, int32_t threads) {
+  const BwdProblem P{xdt, a, B, C, CB, H, dy, dfinal, seg, dx, da, dB, dC, dCB, dh0,
+                     b, l, h, p, g, n, Q, l / Q};
+  const int64_t work = 3 * n * p + 4 * Q * p + 3 * Q * Q + 4 * Q;
+  const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> buf(work);
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < b * h; ++bh) {
+      run_head_bwd(P, bh / h, bh % h, buf.data());
+    }
+  }
+}
+
+}  // extern "C"

@@ -230,6 +230,22 @@ def compile_seconds() -> Optional[float]:
     return _state.get("compile_seconds")
 
 
+def in_place_rows(t: Tensor, lead: int = 1, one_stride: bool = False) -> Tensor:
+    """t as a kernel that reads rows takes it: the dims after the first `lead` laid out contiguously
+    (channels at stride 1), the leading dims at whatever strides the caller passes on — or, with
+    `one_stride`, at strides that merge into one row stride (for kernels that take a single one).
+    A column slice of a matmul output is such a view and passes in place; anything else is copied."""
+    sizes, strides = t.shape, t.stride()
+    expected = 1
+    for i in reversed(range(lead, t.dim())):
+        if sizes[i] != 1 and strides[i] != expected:
+            return t.contiguous()
+        expected *= sizes[i]
+    if one_stride and any(sizes[i] != 1 and strides[i] != sizes[i + 1] * strides[i + 1] for i in range(lead - 1)):
+        return t.contiguous()
+    return t
+
+
 def ptr(t: Optional[Tensor]) -> Optional[int]:
     """Address of a tensor's first element (None -> NULL) for a ctypes call."""
     return None if t is None else t.data_ptr()

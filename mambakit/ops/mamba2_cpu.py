@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mambakit.ops.conv import causal_conv1d
-from mambakit.ops.cpu_kernels import available, library, ptr
+from mambakit.ops.cpu_kernels import available, in_place_rows, library, ptr
 
 _F32 = torch.float32
 MAX_D_CONV = 8  # the conv kernel's limit (as ops/mamba_inner.py's)
@@ -66,16 +66,11 @@ def conv_silu_rows(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, sta
     return _conv_silu_rows_fwd(x, weight, bias, state)
 
 
-def _channels_last(x: Tensor) -> Tensor:
-    """x (b, l, d) with stride-1 channels (the kernels take the two outer strides as they are)."""
-    return x if x.stride(2) == 1 or x.shape[2] == 1 else x.contiguous()
-
-
 def _conv_silu_rows_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], state: Optional[Tensor]):
     b, l, d = x.shape
     k = weight.shape[1]
     threads = torch.get_num_threads()
-    x = _channels_last(x)
+    x = in_place_rows(x, 2)                                    # the kernel takes both outer strides
     weight, bias = weight.contiguous(), None if bias is None else bias.contiguous()
     state = None if state is None else state.contiguous()
     y, new_state = x.new_empty(b, l, d), x.new_empty(b, d, k - 1)
@@ -103,7 +98,7 @@ class _ConvSiluRows(torch.autograd.Function):
         b, l, d = x.shape
         k = weight.shape[1]
         threads = torch.get_num_threads()
-        x, dy = _channels_last(x), _channels_last(dy)
+        x, dy = in_place_rows(x, 2), in_place_rows(dy, 2)
         weight = weight.contiguous()
         bias = None if bias is None else bias.contiguous()
         state = None if state is None else state.contiguous()
@@ -151,7 +146,7 @@ def rms_norm_gated(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, g
 def _rms_norm_gated_fwd(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int,
                         norm_before_gate: bool) -> Tensor:
     d = y.shape[-1]
-    y2, z2 = _as_rows(y, d), None if z is None else _as_rows(z, d)
+    y2, z2 = _as_rows(y), None if z is None else _as_rows(z)
     out, weight = y.new_empty(y.shape), weight.contiguous()  # named: alive through the call
     library().mk_rmsnorm_gated_f32(ptr(y2), y2.stride(0), ptr(z2), 0 if z2 is None else z2.stride(0),
                                    ptr(weight), ptr(out), y2.shape[0], d, group_size,
@@ -176,7 +171,7 @@ class _RMSNormGated(torch.autograd.Function):
         eps, group_size, norm_before_gate = ctx.args
         d = y.shape[-1]
         threads = torch.get_num_threads()
-        y2, z2 = _as_rows(y, d), None if z is None else _as_rows(z, d)
+        y2, z2 = _as_rows(y), None if z is None else _as_rows(z)
         dout, weight = dout.contiguous(), weight.contiguous()
         dy = y.new_empty(y.shape)
         dz = None if z is None else z.new_empty(z.shape)
@@ -187,11 +182,8 @@ class _RMSNormGated(torch.autograd.Function):
         return dy, dz, dw_part.sum(0), None, None, None
 
 
-def _as_rows(t: Tensor, d: int) -> Tensor:
-    """t (..., d) as (rows, d) with stride-1 channels: a view when t is rows at one fixed stride
-    (a column slice of a matmul output is), else a copy."""
-    try:
-        r = t.view(-1, d)
-    except RuntimeError:
-        r = t.reshape(-1, d)
-    return r if r.stride(1) == 1 else r.contiguous()
+
+def _as_rows(t: Tensor) -> Tensor:
+    """t (..., d) as (rows, d) at one row stride: in place when it is one (z, a column slice of
+    in_proj's output, is), else copied."""
+    return in_place_rows(t, t.dim() - 1, one_stride=True).view(-1, t.shape[-1])

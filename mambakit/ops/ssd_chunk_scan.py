@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mambakit.ops.cpu_kernels import library, ptr
+from mambakit.ops.cpu_kernels import in_place_rows, library, ptr
 
 
 def decay_mask(seg: Optional[Tensor], T: int, device) -> Tensor:
@@ -183,14 +183,6 @@ def chunk_scan_bwd_ref(xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, H: Tensor, 
             dC.transpose(2, 3).reshape(b, cq, g, n), dh0)
 
 
-def _rows(t: Tensor) -> Tensor:
-    """t (b, l, ...) as positions of contiguous trailing channels at one position stride: passed
-    in place (a column slice of a matmul output is one); anything else is copied."""
-    inner = t[0, 0].is_contiguous() if t.shape[0] and t.shape[1] else True
-    ok = inner and (t.shape[0] == 1 or t.stride(0) == t.shape[1] * t.stride(1))
-    return t if ok else t.contiguous()
-
-
 def chunk_scan_fwd_cpu(xdt: Optional[Tensor], a: Optional[Tensor], B: Tensor, C: Tensor,
                        h0: Optional[Tensor], seg: Optional[Tensor], Q: int, keep_states: bool = False,
                        threads: Optional[int] = None, lib=None, *, x: Optional[Tensor] = None,
@@ -246,7 +238,8 @@ def chunk_scan_fwd_cpu(xdt: Optional[Tensor], a: Optional[Tensor], B: Tensor, C:
         raise RuntimeError("chunk_scan_fwd_cpu: the compiled kernels are not available")
     xdt = None if xdt is None else xdt.contiguous()
     # x, z, B, C and dt in place when each position's channels are contiguous at one position stride
-    x, z, B, C, dt = (None if t is None else _rows(t) for t in (x, z, B, C, dt))
+    x, z, B, C, dt = (None if t is None else in_place_rows(t, 2, one_stride=True)
+                      for t in (x, z, B, C, dt))
     if C.stride(1) != B.stride(1):
         B, C = B.contiguous(), C.contiguous()
     a, h0, A, dt_bias, D = (None if t is None else t.contiguous() for t in (a, h0, A, dt_bias, D))

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mambakit.ops.conv import STEP_REGISTRY, causal_conv1d_step_ref
-from mambakit.ops.cpu_kernels import available, library, ptr
+from mambakit.ops.cpu_kernels import available, in_place_rows, library, ptr
 from mambakit.ops.linear import REGISTRY as LINEAR_REGISTRY
 from mambakit.ops.linear import linear_ref
 from mambakit.ops.registry import Backend
@@ -39,11 +39,6 @@ def _needs_reference(*tensors: Optional[Tensor]) -> bool:
     return any(t.dtype == torch.float64 for t in present)
 
 
-def _rows(t: Tensor) -> Tensor:
-    """t with a stride-1 last dimension: views into matmul outputs pass through without a copy."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def conv_step_cpu(x: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                   activation: Optional[str] = None) -> tuple[Tensor, Tensor]:
     """causal_conv1d_step in one pass: x (b, d) (a row-strided view is fine), state (b, d, k-1),
@@ -53,7 +48,7 @@ def conv_step_cpu(x: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tenso
         return causal_conv1d_step_ref(x, state, weight, bias, activation=activation)
     b, d = x.shape
     k = weight.shape[-1]
-    x, state, weight = _rows(x), state.contiguous(), weight.contiguous()
+    x, state, weight = in_place_rows(x, x.dim() - 1), state.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     y, new_state = x.new_empty(b, d), torch.empty_like(state)
     library().mk_conv_step_f32(ptr(x), x.stride(0), ptr(state), ptr(new_state), ptr(weight), ptr(bias),
@@ -71,7 +66,7 @@ def state_update_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
     b, d, n = state.shape
 
     def f32(t: Optional[Tensor]) -> Optional[Tensor]:
-        return None if t is None else _rows(t.to(_F32))
+        return None if t is None else in_place_rows(t.to(_F32), t.dim() - 1)  # stride-1 last dim
 
     xf, dt, z, B, C = f32(x), f32(dt), f32(z), f32(B), f32(C)
     state, A, D, dt_bias = _f32_contiguous(state, A, D, dt_bias)
@@ -89,13 +84,6 @@ def _f32_contiguous(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
     return tuple(None if t is None else t.to(_F32).contiguous() for t in tensors)
 
 
-def _flat_rows(t: Tensor) -> Tensor:
-    """t (b, ..., last) whose dims after the batch are laid out contiguously (a row-strided view
-    into a matmul output passes through as it is), else a contiguous copy."""
-    inner = t[0] if t.shape[0] else t
-    return t if inner.is_contiguous() else t.contiguous()
-
-
 def ssd_step_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                  D: Optional[Tensor] = None, z: Optional[Tensor] = None, dt_bias: Optional[Tensor] = None,
                  dt_softplus: bool = False, dt_limit: tuple[float, float] = NO_LIMIT) -> tuple[Tensor, Tensor]:
@@ -107,7 +95,7 @@ def ssd_step_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: 
     b, h, p, n = state.shape
 
     def f32(t: Optional[Tensor]) -> Optional[Tensor]:
-        return None if t is None else _flat_rows(t.to(_F32))
+        return None if t is None else in_place_rows(t.to(_F32))  # each batch row contiguous
 
     xf, dtf, zf, Bf, Cf = f32(x), f32(dt), f32(z), f32(B), f32(C)
     state, A, D, dt_bias = _f32_contiguous(state, A, D, dt_bias)
@@ -167,7 +155,7 @@ def linear_cpu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     rows = x.numel() // k if k else 0
     if rows == 0 or rows > MAX_GEMV_ROWS or _needs_reference(x, weight, bias, scale):
         return linear_ref(x, weight, bias, scale)
-    x2 = _rows(x.reshape(rows, k).to(_F32))                              # (m, k)
+    x2 = in_place_rows(x.reshape(rows, k).to(_F32))                      # (m, k)
     scale = None if scale is None else scale.to(_F32).contiguous()
     bias = None if bias is None else bias.to(_F32).contiguous()
     # Small matrices (x_proj: 80 rows) finish before a second thread would have started.

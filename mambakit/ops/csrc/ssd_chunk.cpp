@@ -107,6 +107,18 @@ inline void gemm_acc(float* out, int64_t ldo, const float* A, int64_t ars, int64
     tile_cols<1>(out + i * ldo, ldo, A + i * ars, ars, acs, Bm, ldb, lower ? i + 1 : K, cols);
 }
 
+// One thread per (batch, head) pair at a time, each with its own `work` floats of scratch.
+template <class Run>
+void for_each_head(int64_t b, int64_t h, int64_t work, int32_t threads, Run run) {
+  const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> buf(work);
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < b * h; ++bh) run(bh / h, bh % h, buf.data());
+  }
+}
+
 void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
   const int64_t p = P.p, n = P.n, Q = P.Q, h = P.h, g = P.g;
   const int64_t hg = h / g, gi = hi / hg, j = hi % hg;
@@ -251,15 +263,7 @@ void mk_ssd_chunk_fwd_f32(const float* xdt, const float* a, const float* B, cons
   const Problem P{xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, (l + Q - 1) / Q,
                   x, dt, D, z, dt_bias, A, xs, zs, dts, bs, D_per_channel, softplus, dt_lo, dt_hi};
   const int64_t work = n * p + Q * Q + 2 * Q * p + 4 * Q;
-  const int nt = threads > 0 ? threads : omp_get_max_threads();
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<float> buf(work);
-#pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < b * h; ++bh) {
-      run_head(P, bh / h, bh % h, buf.data());
-    }
-  }
+  for_each_head(b, h, work, threads, [&](int64_t bi, int64_t hi, float* buf) { run_head(P, bi, hi, buf); });
 }
 
 }  // extern "C"
@@ -437,15 +441,7 @@ void mk_ssd_chunk_bwd_f32(const float* xdt, const float* a, const float* B, cons
   const BwdProblem P{xdt, a, B, C, CB, H, dy, dfinal, seg, dx, da, dB, dC, dCB, dh0,
                      b, l, h, p, g, n, Q, l / Q};
   const int64_t work = 3 * n * p + 4 * Q * p + 3 * Q * Q + 4 * Q;
-  const int nt = threads > 0 ? threads : omp_get_max_threads();
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<float> buf(work);
-#pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < b * h; ++bh) {
-      run_head_bwd(P, bh / h, bh % h, buf.data());
-    }
-  }
+  for_each_head(b, h, work, threads, [&](int64_t bi, int64_t hi, float* buf) { run_head_bwd(P, bi, hi, buf); });
 }
 
 }  // extern "C"

@@ -289,8 +289,20 @@ struct BwdProblem {
   int64_t b, l, h, p, g, n, Q, c;
 };
 
+// dst (cols × rows, contiguous) = srcᵀ, src (rows × cols) at row stride lds; in 8 × 8 blocks (a
+// plain loop, writing at a stride of `rows` floats, was the hottest spot of this kernel's own code).
 inline void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst) {
-  for (int64_t r = 0; r < rows; ++r)
+  int64_t r0 = 0;
+  for (; r0 + 8 <= rows; r0 += 8) {
+    int64_t q0 = 0;
+    for (; q0 + 8 <= cols; q0 += 8)
+      for (int64_t q = q0; q < q0 + 8; ++q)
+#pragma omp simd
+        for (int64_t r = r0; r < r0 + 8; ++r) dst[q * rows + r] = src[r * lds + q];
+    for (int64_t q = q0; q < cols; ++q)
+      for (int64_t r = r0; r < r0 + 8; ++r) dst[q * rows + r] = src[r * lds + q];
+  }
+  for (int64_t r = r0; r < rows; ++r)
     for (int64_t q = 0; q < cols; ++q) dst[q * rows + r] = src[r * lds + q];
 }
 

@@ -15,11 +15,13 @@
 // bias (d) or null; dx like x (its own strides); dw (d, k), dbias (d). Channels are spread over
 // threads in blocks of kBlock: a block's inputs are gathered into per-thread rows along time (one
 // 64-byte read per step), every loop after that is stride-1 in time, and in the backward a thread
-// owns its channels' dw and dbias (batch rows are summed inside). Outputs along channels ((b, l, d)
-// rows) go through a per-thread block and leave as 64-byte rows too. k <= 8 (checked in Python).
+// owns its channels' dw and dbias (batch rows are summed inside); a du along channels ((b, l, d)
+// rows) is gathered the same way. The forward into (b, l, d) rows walks positions instead
+// (conv_rows). k <= 8 (checked in Python).
 // Reference twin: ops.conv.causal_conv1d + SiLU under autograd; tests compare both layouts.
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include <omp.h>
 
@@ -78,6 +80,48 @@ inline void conv_row(const float* xt, const float* w, float bias, int64_t l, int
   }
 }
 
+// The forward for (b, l, d) rows out (Mamba-2's SSD reads them): rows in, rows out, so it walks
+// positions and vectorises along channels, each input row read k times while in cache. (The
+// channel-block walk above, gathering whole sequences and scattering them back, took twice as long
+// for this layout at L = 2048: its per-thread blocks outgrow L1.) Same results as that walk.
+void conv_rows(const float* x, int64_t x_bstride, int64_t x_lstride, const float* state, const float* w,
+               const float* bias, float* u, int64_t u_bstride, int64_t u_lstride, float* state_out, int64_t b,
+               int64_t d, int64_t l, int64_t k, int32_t threads) {
+  const int64_t km = k - 1;
+  std::vector<float> wT(k * d);  // taps-major, so each tap is a contiguous channel vector
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t j = 0; j < k; ++j) wT[j * d + c] = w[c * k + j];
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t it = 0; it < b * l; ++it) {
+    const int64_t i = it / l, t = it % l;
+    float* yr = u + i * u_bstride + t * u_lstride;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) yr[c] = bias ? bias[c] : 0.0f;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t src = t - km + j;
+      const float* wj = wT.data() + j * d;
+      if (src >= 0) {
+        const float* xr = x + i * x_bstride + src * x_lstride;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) yr[c] += wj[c] * xr[c];
+      } else if (state) {  // before the sequence: the carried state (k-1 + src is its column)
+        const float* st = state + i * d * km + (km + src);
+        for (int64_t c = 0; c < d; ++c) yr[c] += wj[c] * st[c * km];
+      }
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) yr[c] = yr[c] * sigmoid_(yr[c]);
+  }
+  if (!state_out) return;
+  for (int64_t i = 0; i < b; ++i)  // the inputs at positions l-(k-1) .. l-1 (from the state when l < k-1)
+    for (int64_t c = 0; c < d; ++c)
+      for (int64_t j = 0; j < km; ++j) {
+        const int64_t pos = l - km + j;
+        state_out[(i * d + c) * km + j] = pos >= 0 ? x[i * x_bstride + pos * x_lstride + c]
+                                                   : (state ? state[(i * d + c) * km + (km + pos)] : 0.0f);
+      }
+}
+
 }  // namespace
 
 extern "C" {
@@ -88,6 +132,10 @@ void mk_conv1d_silu_fwd_f32(const float* x, int64_t x_bstride, int64_t x_lstride
                             const float* w, const float* bias, float* u, int64_t u_bstride, int64_t u_cstride,
                             int64_t u_lstride, float* state_out, float* scratch, int64_t b, int64_t d,
                             int64_t l, int64_t k, int32_t threads) {
+  if (u_cstride == 1) {
+    conv_rows(x, x_bstride, x_lstride, state, w, bias, u, u_bstride, u_lstride, state_out, b, d, l, k, threads);
+    return;
+  }
   const int64_t nblocks = (d + kBlock - 1) / kBlock, pitch = l + k - 1;
 #pragma omp parallel num_threads(threads)
   {

@@ -229,7 +229,7 @@ def _table1(args, out, progress) -> int:
         return 0
     s = table["setting"]
     print(f"Table 1, selective copying: {s['num_tokens']} tokens to copy, vocabulary {s['vocab_size']}, "
-          f"L={s['seq_len']} (paper: 4096), {s['steps']} steps x batch {s['batch_size']}")
+          f"L={s['seq_len']} (paper: 4096), {s['steps']} steps x batch {s['batch_size']} (no-gate rows: twice the steps)")
     rows = [[r["row"], r["paper_row"], f"{r['paper']:.1f}",
              f"{100 * r['accuracy']:.1f}", str(r["result"]["steps_done"]), f"{r['result']['train_seconds']:.0f}"]
             for r in table["rows"]]

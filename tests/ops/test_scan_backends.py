@@ -52,6 +52,11 @@ for idx, (l, b, n) in enumerate(itertools.product([1, 7, 63, 257], [1, 3], [1, 1
     d, groups = (6, [None, 1, 2, 3][idx % 4]) if idx % 2 else (5, [None, 5][idx // 2 % 2])
     CASES.append(dict(b=b, d=d, l=l, n=n, groups=groups, z=idx % 3 != 0, D=idx % 4 != 1,
                       bias=idx % 5 != 2, h0=idx % 2 == 0, reset=idx % 3 == 1, softplus=idx % 6 != 5))
+# n = 16 with whole octets of channels per B/C group: the CPU kernel's eight-channels-per-vector
+# forward (csrc/selective_scan.cpp, forward_lanes); d = 24 in 2 groups (12 each) falls back.
+for idx, (d, groups, l) in enumerate([(16, None, 130), (24, 3, 63), (16, 2, 1), (24, 2, 70), (8, None, 257)]):
+    CASES.append(dict(b=1 + idx % 2, d=d, l=l, n=16, groups=groups, z=idx % 2 == 0, D=idx != 1, bias=idx != 3,
+                      h0=idx % 2 == 1, reset=idx in (0, 3), softplus=idx != 4))
 
 
 @pytest.mark.parametrize("backend", FAST)

@@ -109,6 +109,30 @@ inline void steps(const ScanArgs& a, const Channel<T>& ch, int64_t i, const T* d
   }
 }
 
+// The end of one channel's forward, once its y = C·h row is in `out`: v = y + D u (kept, when a
+// backward follows, so the backward's recompute pass can skip the C·h reductions), then the gate.
+// One loop per case, not a ternary on a null pointer: GCC if-converts that into masked loads
+// (vmaskmovps) of z, which on Zen 3 cost ~20% of the whole forward.
+template <typename T>
+void finish_row(const ScanArgs& a, const Channel<T>& ch, int64_t bc, T* out) {
+  const int64_t l = a.l;
+  T* vrow = a.v ? static_cast<T*>(a.v) + ch.row : nullptr;
+  if (vrow) {
+#pragma omp simd
+    for (int64_t t = 0; t < l; ++t) vrow[t] = out[t] + ch.Dc * ch.u[t];
+  }
+  if (ch.z) {
+#pragma omp simd
+    for (int64_t t = 0; t < l; ++t) {
+      const T v = out[t] + ch.Dc * ch.u[t];
+      out[t] = v * ch.z[t] * sigmoid_(ch.z[t]);  // · SiLU(z)
+    }
+  } else {
+#pragma omp simd
+    for (int64_t t = 0; t < l; ++t) out[t] += ch.Dc * ch.u[t];
+  }
+}
+
 template <typename T, int N>
 void forward(const ScanArgs& a) {
   const int64_t n = N > 0 ? N : a.n, l = a.l, nchunks = (l + a.chunk - 1) / a.chunk;
@@ -128,26 +152,78 @@ void forward(const ScanArgs& a) {
         if (a.ckpt) std::memcpy(static_cast<T*>(a.ckpt) + (bc * nchunks + s / a.chunk) * n, h, n * sizeof(T));
         steps<T, N, false>(a, ch, bc / a.d, dt.data(), s, std::min(l, s + a.chunk), h, out + s, nullptr);
       }
-      // v = C·h + D u before the gate; kept (when a backward follows) so the backward's
-      // recompute pass can skip the C·h reductions.
-      // One loop per case, not a ternary on a null pointer: GCC if-converts that into masked
-      // loads (vmaskmovps) of z, which on Zen 3 cost ~20% of the whole forward.
-      T* vrow = a.v ? static_cast<T*>(a.v) + ch.row : nullptr;
-      if (vrow) {
-#pragma omp simd
-        for (int64_t t = 0; t < l; ++t) vrow[t] = out[t] + ch.Dc * ch.u[t];
-      }
-      if (ch.z) {
-#pragma omp simd
-        for (int64_t t = 0; t < l; ++t) {
-          const T v = out[t] + ch.Dc * ch.u[t];
-          out[t] = v * ch.z[t] * sigmoid_(ch.z[t]);  // · SiLU(z)
-        }
-      } else {
-#pragma omp simd
-        for (int64_t t = 0; t < l; ++t) out[t] += ch.Dc * ch.u[t];
-      }
+      finish_row(a, ch, bc, out);
       std::memcpy(static_cast<T*>(a.last) + bc * n, h, n * sizeof(T));
+    }
+  }
+}
+
+
+// The forward with one channel per SIMD lane (float, n = N known, channels of one B/C group in
+// whole octets): `forward` vectorises over the n state values, so every step ends in a horizontal
+// sum for y_t = C_t·h_t, which took over half its time on Zen 3. Here eight channels advance
+// together, each state value h_k is one vector of eight lanes, and y_t is a plain vector sum.
+// u and Δ rows are transposed into lane-minor blocks of `chunk` steps (in L1), y back out; the
+// checkpoints, h0, reset and the epilogue are the same as in `forward`.
+constexpr int kLanes = 8;
+
+inline bool lanes_apply(const ScanArgs& a) { return a.n == 16 && (a.d / a.g) % kLanes == 0; }
+
+template <int N>
+void forward_lanes(const ScanArgs& a) {
+  const int64_t l = a.l, span = a.chunk, nchunks = (l + span - 1) / span, octets = a.d / kLanes;
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<float> buf(3 * span * kLanes + span), row(l);
+    float *dtb = buf.data(), *dub = dtb + span * kLanes, *yb = dub + span * kLanes, *keep = yb + span * kLanes;
+    v8f h[N], A[N];  // lane = channel c0 + lane
+#pragma omp for schedule(static)
+    for (int64_t w = 0; w < a.b * octets; ++w) {
+      const int64_t i = w / octets, c0 = (w % octets) * kLanes, bc0 = i * a.d + c0;
+      const Channel<float> ch0(a, i, c0);  // B, C (shared by the octet: one group)
+      for (int lane = 0; lane < kLanes; ++lane) {
+        const float* Ac = static_cast<const float*>(a.A) + (c0 + lane) * N;
+        const float* h0 = a.h0 ? static_cast<const float*>(a.h0) + (bc0 + lane) * N : nullptr;
+        for (int k = 0; k < N; ++k) A[k][lane] = Ac[k], h[k][lane] = h0 ? h0[k] : 0.0f;
+      }
+      for (int64_t s = 0; s < l; s += span) {
+        const int64_t e = std::min(l, s + span), len = e - s;
+        if (a.ckpt) {
+          for (int lane = 0; lane < kLanes; ++lane)
+            for (int k = 0; k < N; ++k)
+              static_cast<float*>(a.ckpt)[((bc0 + lane) * nchunks + s / span) * N + k] = h[k][lane];
+        }
+        for (int lane = 0; lane < kLanes; ++lane) {
+          const Channel<float> ch(a, i, c0 + lane);
+          delta_row(ch.delta + s, ch.bias, a.softplus != 0, len, row.data());
+          for (int64_t j = 0; j < len; ++j) {
+            dtb[j * kLanes + lane] = row[j];
+            dub[j * kLanes + lane] = row[j] * ch.u[s + j];
+          }
+        }
+        for (int64_t j = 0; j < len; ++j) keep[j] = keep_state(a, i, s + j) ? 1.0f : 0.0f;
+        for (int64_t j = 0; j < len; ++j) {
+          const float *Bt = ch0.B + (s + j) * N, *Ct = ch0.C + (s + j) * N, kp = keep[j];
+          const v8f dt = load8(dtb + j * kLanes), du = load8(dub + j * kLanes);
+          v8f acc{};
+#pragma GCC unroll 16
+          for (int k = 0; k < N; ++k) {  // unrolled: h and acc stay in registers
+            const v8f hk = exp8(dt * A[k]) * kp * h[k] + du * Bt[k];  // h_t = Ā_t h_{t-1} + B̄_t u_t
+            h[k] = hk;
+            acc += hk * Ct[k];
+          }
+          store8(yb + j * kLanes, acc);
+        }
+        for (int lane = 0; lane < kLanes; ++lane) {
+          float* out = static_cast<float*>(a.out) + (bc0 + lane) * l;
+          for (int64_t j = 0; j < len; ++j) out[s + j] = yb[j * kLanes + lane];
+        }
+      }
+      for (int lane = 0; lane < kLanes; ++lane) {
+        const Channel<float> ch(a, i, c0 + lane);
+        finish_row(a, ch, bc0 + lane, static_cast<float*>(a.out) + ch.row);
+        for (int k = 0; k < N; ++k) static_cast<float*>(a.last)[(bc0 + lane) * N + k] = h[k][lane];
+      }
     }
   }
 }
@@ -235,7 +311,11 @@ void backward(const ScanArgs& a) {
 }  // namespace
 
 extern "C" {
-void mk_scan_fwd_f32(const ScanArgs* a) { a->n == 16 ? forward<float, 16>(*a) : forward<float, 0>(*a); }
+void mk_scan_fwd_f32(const ScanArgs* a) {
+  if (lanes_apply(*a)) forward_lanes<16>(*a);
+  else if (a->n == 16) forward<float, 16>(*a);
+  else forward<float, 0>(*a);
+}
 void mk_scan_bwd_f32(const ScanArgs* a) { a->n == 16 ? backward<float, 16>(*a) : backward<float, 0>(*a); }
 // fp64 exists for gradcheck, not for speed: one generic instantiation.
 void mk_scan_fwd_f64(const ScanArgs* a) { forward<double, 0>(*a); }

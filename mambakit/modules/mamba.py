@@ -20,8 +20,15 @@ from mambakit.modules.norm import RMSNorm
 from mambakit.ops import causal_conv1d, causal_conv1d_step, selective_scan, selective_state_update
 from mambakit.ops.block_step_cpu import MambaBlockStep
 from mambakit.ops.cpu_kernels import available as step_kernels_available
-from mambakit.ops.mamba_inner import MAX_D_CONV, mamba_inner
+from mambakit.ops.linear import WEIGHT_DTYPES, dequantize
+from mambakit.ops.mamba_inner import MAX_D_CONV, mamba_inner, mamba_inner_continue
 from mambakit.ops.step_cpu import MAX_GEMV_ROWS
+
+
+def fp32_weight(linear: nn.Module) -> Tensor:
+    """A projection's weight as fp32 (out, in): an fp32 weight itself (gradients and ties intact),
+    a bf16 or int8 one (PackedLinear) dequantized, as ops.linear does for long inputs."""
+    return dequantize(linear.weight, getattr(linear, "scale", None), torch.float32).contiguous()
 
 
 @dataclass
@@ -110,10 +117,15 @@ class MambaMixer(nn.Module):
         """
         b, l, _ = hidden.shape
         xz = self.in_proj(hidden)                                      # (b, l, 2 d_in)
-        if state is None and attention_mask is None and reset is None and self._fused_inner_applies(xz):
-            return mamba_inner(xz, self.conv1d.weight[:, 0, :], self.conv1d.bias, self.x_proj.weight,
-                               self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
-                               self.out_proj.weight, self.out_proj.bias)     # (b, l, d_model)
+        if attention_mask is None and reset is None and self._fused_inner_applies(xz, state):
+            weights = (self.conv1d.weight[:, 0, :], self.conv1d.bias, fp32_weight(self.x_proj),
+                       fp32_weight(self.dt_proj), self.dt_proj.bias, self.A_log, self.D,
+                       fp32_weight(self.out_proj), self.out_proj.bias)
+            if state is None:
+                return mamba_inner(xz, *weights)                               # (b, l, d_model)
+            out, state.conv, state.ssm = mamba_inner_continue(xz, *weights, state.conv.contiguous(),
+                                                              state.ssm.contiguous())
+            return out
         x, z = xz.chunk(2, dim=-1)                                     # (b, l, d_in) each
         x, z = x.transpose(1, 2), z.transpose(1, 2)                    # (b, d_in, l)
         mask = None if attention_mask is None else attention_mask[:, None, :].to(x.dtype)
@@ -130,16 +142,26 @@ class MambaMixer(nn.Module):
             state.conv, state.ssm = conv_state, last
         return self.out_proj(y.transpose(1, 2))                        # (b, l, d_model)
 
-    def _fused_inner_applies(self, xz: Tensor) -> bool:
+    def _fused_inner_applies(self, xz: Tensor, state: Optional[MambaState] = None) -> bool:
         """Whether `ops.mamba_inner` (conv → scan → gate → out_proj fused, hand-written backward)
         runs this forward: the CPU kernels, fp32 activations and no autocast (its GEMMs stay fp32),
-        fp32 projection weights (an nn.Linear or an fp32 PackedLinear), the scan not pinned to
-        another backend. Otherwise the unfused ops below run (its twin; tests compare them)."""
+        the scan not pinned to another backend. Projection weights stored bf16 or int8 (PackedLinear)
+        go in dequantized to fp32 when there are more than MAX_GEMV_ROWS rows, where ops.linear
+        dequantizes them too (fewer rows keep the decode GEMV's arithmetic, e.g. int8 weights times
+        q8_0-quantized activations, so short inputs equal step()). With a carried `state`
+        (chunked prefill, generation) the fused forward continues from it: inference only, fp32
+        states. Otherwise the unfused ops below run (its twin; tests compare them)."""
+        if state is not None and (torch.is_grad_enabled() or state.conv.dtype != torch.float32
+                                  or state.ssm.dtype != torch.float32):
+            return False
         projections = (self.x_proj, self.dt_proj, self.out_proj)
         return (self.scan_backend in ("auto", "cpu") and xz.device.type == "cpu" and xz.dtype == torch.float32
                 and not torch.is_autocast_enabled("cpu") and xz.shape[0] * xz.shape[1] > 0
                 and self.d_conv <= MAX_D_CONV
-                and all(getattr(m, "scale", None) is None and m.weight.dtype == torch.float32 for m in projections)
+                and all(m.weight.dtype == torch.float32 and getattr(m, "scale", None) is None
+                        or m.weight.dtype in WEIGHT_DTYPES and xz.shape[0] * xz.shape[1] > MAX_GEMV_ROWS
+                        for m in projections)
+                and all(t is None or t.dtype == torch.float32 for t in (self.dt_proj.bias, self.out_proj.bias))
                 and all(t.dtype == torch.float32 for t in (self.conv1d.weight, self.A_log, self.D))
                 and step_kernels_available(xz.device) is None)
 

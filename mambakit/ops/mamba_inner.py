@@ -52,16 +52,19 @@ def _conv_scratch(xz: Tensor, k: int, threads: int, rows: int) -> Tensor:
     return xz.new_empty(threads, rows * 16, xz.shape[1] + k - 1)
 
 
-def conv1d_silu(xz: Tensor, weight: Tensor, bias: Optional[Tensor], lib=None) -> Tensor:
+def conv1d_silu(xz: Tensor, weight: Tensor, bias: Optional[Tensor], lib=None, state: Optional[Tensor] = None,
+                state_out: Optional[Tensor] = None) -> Tensor:
     """SiLU(causal depthwise conv of xz's first half): xz (b, l, 2d) contiguous fp32, weight (d, k)
-    -> u (b, d, l). `lib`: another build of the kernels (tests); default the cached one."""
+    -> u (b, d, l). `state` (b, d, k - 1): the inputs before xz's first step (zeros if None);
+    `state_out` (b, d, k - 1), if given, receives those after its last. `lib`: another build of the
+    kernels (tests); default the cached one."""
     b, l, d2 = xz.shape
     d, k = weight.shape
     threads = torch.get_num_threads()
     u, scratch = xz.new_empty(b, d, l), _conv_scratch(xz, k, threads, 2)   # held for the call
     (lib or cpu_kernels.library()).mk_conv1d_silu_fwd_f32(
-        ptr(xz), l * d2, d2, None, ptr(weight), ptr(bias), ptr(u), d * l, l, 1, None, ptr(scratch),
-        b, d, l, k, threads)
+        ptr(xz), l * d2, d2, ptr(state), ptr(weight), ptr(bias), ptr(u), d * l, l, 1, ptr(state_out),
+        ptr(scratch), b, d, l, k, threads)
     return u
 
 
@@ -106,29 +109,47 @@ def _scan_dims(b: int, d: int, l: int, n: int) -> dict:
                 threads=max(1, min(torch.get_num_threads(), b * d)))
 
 
+def _delta(dt_proj_weight: Tensor, x_dbl: Tensor) -> Tensor:
+    """Δ before bias and softplus, W_dt dt_lowᵀ (b, d, l), written in that layout by one batched GEMM
+    (torch.matmul of the 2-D weight and a 3-D operand computes (b·l, d) and copies it transposed)."""
+    r = dt_proj_weight.shape[1]
+    return torch.bmm(dt_proj_weight.expand(x_dbl.shape[0], -1, -1), x_dbl[..., :r].transpose(1, 2))
+
+
 def _bc(x_dbl: Tensor, r: int, n: int) -> tuple[Tensor, Tensor]:
     """B, C in the scan kernel's (b, 1, l, n) layout, from x_dbl (b, l, r + 2n)."""
     return (x_dbl[:, None, :, r:r + n].contiguous(), x_dbl[:, None, :, r + n:].contiguous())
+
+
+def _forward(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor,
+             dt_proj_weight: Tensor, dt_bias: Tensor, A_log: Tensor, D: Tensor, keep: bool = False,
+             conv_state: Optional[Tensor] = None, ssm_state: Optional[Tensor] = None,
+             conv_state_out: Optional[Tensor] = None, ssm_state_out: Optional[Tensor] = None):
+    """Everything between in_proj and out_proj: (y (b, l, d), x_dbl, v, ckpt); v and the scan's
+    checkpoints only when `keep` (a backward follows). The states, if given, are carried in (None:
+    zeros) and written out."""
+    b, l, d2 = xz.shape
+    d, r, n = d2 // 2, dt_proj_weight.shape[1], A_log.shape[1]
+    u = conv1d_silu(xz, conv_weight, conv_bias, state=conv_state, state_out=conv_state_out)   # (b, d, l)
+    x_dbl = F.linear(u.transpose(1, 2), x_proj_weight)                      # (b, l, r + 2n)
+    delta = _delta(dt_proj_weight, x_dbl)                                   # (b, d, l)
+    B, C = _bc(x_dbl, r, n)
+    v = torch.empty_like(u)                                                 # (b, d, l)
+    ckpt = u.new_empty(b, d, -(-l // scan_cpu.CHUNK), n) if keep else None
+    last = ssm_state_out if ssm_state_out is not None else u.new_empty(b, d, n)
+    scan_cpu._call("fwd", torch.float32, u=u, delta=delta, A=-torch.exp(A_log), B=B, C=C, D=D, z=None,
+                   delta_bias=dt_bias, reset=None, h0=ssm_state, out=v, last=last, ckpt=ckpt, v=None,
+                   **_scan_dims(b, d, l, n))
+    return gate_silu(xz, v), x_dbl, v, ckpt                                 # y (b, l, d)
 
 
 class _MambaInner(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                 out_weight, out_bias):
-        b, l, d2 = xz.shape
-        d, r, n = d2 // 2, dt_proj_weight.shape[1], A_log.shape[1]
-        u = conv1d_silu(xz, conv_weight, conv_bias)                             # (b, d, l)
-        x_dbl = F.linear(u.transpose(1, 2), x_proj_weight)                      # (b, l, r + 2n)
-        delta = torch.matmul(dt_proj_weight, x_dbl[..., :r].transpose(1, 2))    # (b, d, l)
-        A = -torch.exp(A_log)                                                   # (d, n)
-        B, C = _bc(x_dbl, r, n)
         train = any(ctx.needs_input_grad)
-        v = torch.empty_like(u)                                                 # (b, d, l)
-        ckpt = u.new_empty(b, d, -(-l // scan_cpu.CHUNK), n) if train else None
-        scan_cpu._call("fwd", torch.float32, u=u, delta=delta, A=A, B=B, C=C, D=D, z=None, delta_bias=dt_bias,
-                       reset=None, h0=None, out=v, last=u.new_empty(b, d, n), ckpt=ckpt, v=None,
-                       **_scan_dims(b, d, l, n))
-        y = gate_silu(xz, v)                                                    # (b, l, d)
+        y, x_dbl, v, ckpt = _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log,
+                                     D, keep=train)
         if train:
             ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                                   out_weight, x_dbl, v, ckpt)
@@ -158,7 +179,7 @@ class _MambaInner(torch.autograd.Function):
         del dy, sz, silu_z
 
         u = conv1d_silu(xz, conv_weight, conv_bias)                             # recomputed (b, d, l)
-        delta = torch.matmul(dt_proj_weight, x_dbl[..., :r].transpose(1, 2))    # recomputed (b, d, l)
+        delta = _delta(dt_proj_weight, x_dbl)                                   # recomputed (b, d, l)
         A = -torch.exp(A_log)
         B, C = _bc(x_dbl, r, n)
         partial = u.new_zeros(2, dims["threads"], b, 1, l, n)                   # per-thread dB, dC
@@ -224,3 +245,33 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_
                              out_weight, out_bias)
     return _MambaInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                              out_weight, out_bias)
+
+
+def mamba_inner_continue(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor,
+                         dt_proj_weight: Tensor, dt_bias: Tensor, A_log: Tensor, D: Tensor, out_weight: Tensor,
+                         out_bias: Optional[Tensor], conv_state: Tensor, ssm_state: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+    """`mamba_inner` continuing from a carried state — prefill in chunks, generation — for inference
+    (no autograd): conv_state (b, d, k - 1), ssm_state (b, d, n), contiguous fp32. Returns (out
+    (b, l, d_model), the conv state and the SSM state after xz's last step), new tensors. Its twin
+    is the mixer's unfused path (ops.causal_conv1d and the scan with initial and final states)."""
+    reason = cpu_kernels.available(xz.device)
+    if reason is not None:
+        raise ValueError(f"mamba_inner: the CPU kernels are not available: {reason}")
+    check_mamba_inner_inputs(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                             out_weight, out_bias)
+    b, l, d2 = xz.shape
+    d, k, n = d2 // 2, conv_weight.shape[-1], A_log.shape[1]
+    for name, t, shape in (("conv_state", conv_state, (b, d, k - 1)), ("ssm_state", ssm_state, (b, d, n))):
+        if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError(f"mamba_inner: {name} must be a contiguous fp32 CPU tensor of shape {shape}, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (
+            xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D, out_weight, out_bias,
+            conv_state, ssm_state)):
+        raise ValueError("mamba_inner_continue is inference-only: run it under torch.no_grad() or "
+                         "torch.inference_mode()")
+    conv_out, ssm_out = torch.empty_like(conv_state), torch.empty_like(ssm_state)
+    y = _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                 conv_state=conv_state, ssm_state=ssm_state, conv_state_out=conv_out, ssm_state_out=ssm_out)[0]
+    return F.linear(y, out_weight, out_bias), conv_out, ssm_out

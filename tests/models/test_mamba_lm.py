@@ -108,5 +108,38 @@ def test_mixer_uses_the_fused_op_only_where_it_applies():
     assert not mixer._fused_inner_applies(xz.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not mixer._fused_inner_applies(xz)
+    state = mixer.allocate_state(2)
+    with torch.inference_mode():
+        assert mixer._fused_inner_applies(xz, state)          # carried state: inference only
+    assert not mixer._fused_inner_applies(xz, state)
     mixer.scan_backend = "ref"
     assert not mixer._fused_inner_applies(xz)
+
+
+@pytest.mark.skipif(available(torch.device("cpu")) is not None, reason="no C++ compiler")
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8"])
+def test_chunked_prefill_at_every_weight_format_takes_the_fused_op_and_matches_the_unfused_ops(fmt, monkeypatch):
+    """Generation's prefill (chunks continuing from the cache) with fp32, bf16 and int8 weights runs
+    the fused op (its weights dequantized) and equals the unfused ops of the reference scan."""
+    from mambakit import quantize
+    from mambakit.modules import mamba as mamba_module
+
+    torch.manual_seed(0)
+    model = quantize(MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=61)).eval(), fmt)
+    ids = torch.randint(0, 61, (2, 100))
+    cuts = [(0, 33), (33, 67), (67, 100)]  # > 64 rows a chunk: the unfused int8 GEMMs dequantize too (no q8 GEMV)
+    calls = []
+    real = mamba_module.mamba_inner_continue
+    monkeypatch.setattr(mamba_module, "mamba_inner_continue", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        cache = model.allocate_cache(2)
+        chunked = torch.cat([model(ids[:, a:b], cache=cache) for a, b in cuts], 1)
+        for layer in model.backbone.layers:
+            layer.mixer.scan_backend = "ref"
+        ref_cache = model.allocate_cache(2)
+        unfused = torch.cat([model(ids[:, a:b], cache=ref_cache) for a, b in cuts], 1)
+    assert len(calls) == 3 * 2                                  # every chunk, every layer
+    torch.testing.assert_close(chunked, unfused, atol=1e-4, rtol=1e-4)
+    for got, want in zip(cache.layers, ref_cache.layers):
+        torch.testing.assert_close(got.conv, want.conv)
+        torch.testing.assert_close(got.ssm, want.ssm, atol=1e-5, rtol=1e-4)

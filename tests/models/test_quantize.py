@@ -37,7 +37,7 @@ def trained():
         loss.backward()
         opt.step()
     torch.set_num_threads(threads)
-    held_out = _bytes("textwrap.py")[:1025][None]                         # another file
+    held_out = _bytes("textwrap.py")[:4097][None]                         # another file
     return model.eval(), held_out
 
 
@@ -55,10 +55,12 @@ def _decode(model, ids: torch.Tensor) -> torch.Tensor:
 def test_quantized_model_keeps_top1_and_bits_per_byte(trained, fmt, max_bpb_change):
     """Both paths: the forward (prefill: torch's GEMM on the dequantized weights) and the decode
     step (our GEMV: x rounded to bf16 where the CPU has bf16 dot products, x quantized as q8_0
-    for int8 weights), each against the fp32 model's forward on the same ~1024 predictions."""
+    for int8 weights), each against the fp32 model's forward on the same ~4096 predictions. The
+    int8 decode path agrees with fp32 on ~99.0-99.2% of them, so the sample must be large: the
+    binomial spread of 1024 predictions (±0.3%) straddled the 99% bound."""
     model, text = trained
     quantized = mambakit.quantize(copy.deepcopy(model), fmt)
-    batch = text[0, :1024].reshape(4, 256)                                     # decoded as a batch of 4
+    batch = text[0, :4096].reshape(16, 256)                                    # decoded as a batch of 16
     rows = batch[:, :-1], batch[:, 1:]
     for path, (inputs, targets) in (("forward", (text[:, :-1], text[:, 1:])), ("decode", rows)):
         with torch.inference_mode():

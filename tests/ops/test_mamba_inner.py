@@ -12,8 +12,10 @@ from mambakit.ops.mamba_inner import (
     gate_ref,
     gate_silu,
     mamba_inner,
+    mamba_inner_continue,
     mamba_inner_ref,
 )
+from mambakit.ops.scan import selective_scan_ref
 from tests.ops.isa import isa_targets
 
 pytestmark = pytest.mark.skipif(available(torch.device("cpu")) is not None, reason="no C++ compiler")
@@ -49,6 +51,54 @@ def test_matches_reference_outputs_and_every_gradient(case):
     g = torch.randn_like(out)
     for got, want in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
         torch.testing.assert_close(got, want, atol=2e-5 * want.abs().max().item() + 1e-6, rtol=1e-4)
+
+
+def final_states_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D):
+    """The conv state (the last k - 1 inputs of the conv, zeros before the sequence) and the SSM
+    state after xz, from the unfused reference chain (as mamba_inner_ref computes it)."""
+    d, k, r, n = conv_weight.shape[0], conv_weight.shape[1], dt_proj_weight.shape[1], A_log.shape[1]
+    x = xz[..., :d].transpose(1, 2)                                              # (b, d, l)
+    conv_state = torch.nn.functional.pad(x, (k - 1, 0))[..., x.shape[-1]:]      # (b, d, k - 1)
+    u = torch.nn.functional.silu(causal_conv1d(x, conv_weight, conv_bias)[0])
+    dt, B, C = torch.nn.functional.linear(u.transpose(1, 2), x_proj_weight).split([r, n, n], dim=-1)
+    delta = torch.nn.functional.linear(dt, dt_proj_weight).transpose(1, 2)
+    _, last = selective_scan_ref(u, delta, -torch.exp(A_log), B.transpose(1, 2), C.transpose(1, 2), D,
+                                 delta_bias=dt_bias, delta_softplus=True, return_last_state=True)
+    return conv_state, last
+
+
+@pytest.mark.parametrize("case, cuts", [
+    ((2, 70, 24, 16, 3, 4, 8, True, True), [1, 3, 40]),      # eight-channel scan lanes; chunks shorter than k - 1
+    ((1, 37, 20, 5, 3, 4, 7, True, False), [20]),            # generic n, d not a multiple of 8
+    ((3, 9, 16, 16, 2, 1, 5, False, True), [4, 5]),          # d_conv 1: an empty conv state
+])
+def test_continue_in_chunks_matches_the_whole_sequence_and_its_final_states(case, cuts):
+    """Prefill in chunks (generation): each chunk continues from the states the last one left;
+    outputs equal the whole sequence's through the reference, final states the reference's."""
+    *shape, conv_bias, out_bias = case
+    args = [None if a is None else a.detach() for a in make_inputs(*shape, conv_bias=conv_bias, out_bias=out_bias)]
+    xz, conv_weight = args[0], args[1]
+    b, l, d, k, n = xz.shape[0], xz.shape[1], conv_weight.shape[0], conv_weight.shape[1], args[6].shape[1]
+    conv_state, ssm_state = torch.zeros(b, d, k - 1), torch.zeros(b, d, n)
+    outs = []
+    with torch.inference_mode():
+        for start, end in zip([0, *cuts], [*cuts, l]):
+            out, conv_state, ssm_state = mamba_inner_continue(xz[:, start:end].contiguous(), *args[1:],
+                                                              conv_state, ssm_state)
+            outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, 1), mamba_inner_ref(*args), atol=2e-5, rtol=1e-4)
+    want_conv, want_ssm = final_states_ref(*args[:8])
+    torch.testing.assert_close(conv_state, want_conv)
+    torch.testing.assert_close(ssm_state, want_ssm, atol=2e-5, rtol=1e-4)
+
+
+def test_continue_is_inference_only_and_checks_its_states():
+    args = make_inputs(1, 5, 16, 16, 2, 4, 8)
+    states = torch.zeros(1, 16, 3), torch.zeros(1, 16, 16)
+    with pytest.raises(ValueError, match="inference-only"):
+        mamba_inner_continue(*args, *states)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"ssm_state must be .*\(1, 16, 16\)"):
+        mamba_inner_continue(*args, states[0], torch.zeros(1, 16, 15))
 
 
 def test_inference_forward_matches_reference():

@@ -230,3 +230,31 @@ def test_prefill_reads_views_of_the_projection_in_place(D_kind):
             got = ssd_scan_cpu(**kw, chunk_size=8, dt_softplus=True, dt_limit=limit, return_final_states=True)
             for t, w in zip(got, want):
                 torch.testing.assert_close(t, w, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(2, 45, 37, 24, 1, 13, 8), (3, 19, 36, 9, 3, 6, 16)])
+def test_head_blocks_and_thread_shares_match_the_spec(shape, threads):
+    """More (batch, head) pairs than one head block (the kernel walks up to 32 pairs chunk by chunk),
+    shares of threads that split a batch's heads, p = 24 and 9 and n = 13 and 6 (the register tile's
+    column and row tails): the fused prefill path == the spec, and the training forward's y, final
+    state and chunk states == ChunkScan's."""
+    b, l, h, p, g, n, Q = shape
+    x = make_inputs(b, l, h, p, g, n, h0=True, reset=True, seed=threads)
+    with torch.no_grad():
+        want = ssd_scan(**x, chunk_size=Q, dt_softplus=True, return_final_states=True, backend="ref")
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # ssd_scan_cpu hands the kernel torch's thread count
+        try:
+            got = ssd_scan_cpu(**x, chunk_size=Q, dt_softplus=True, return_final_states=True)
+        finally:
+            torch.set_num_threads(before)
+    for t, w in zip(got, want):
+        torch.testing.assert_close(t, w, atol=1e-5, rtol=1e-5)
+    xdt, a, B, C, h0, seg = chunk_inputs(b, l, h, p, g, n, Q)
+    y_ref, final_ref = ChunkScan.apply(xdt, a, B, C, h0, seg, Q)
+    _, _, H_one = chunk_scan_fwd_cpu(xdt, a, B, C, h0, seg, Q, keep_states=True, threads=1)
+    y, final, H = chunk_scan_fwd_cpu(xdt, a, B, C, h0, seg, Q, keep_states=True, threads=threads)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final, final_ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(H, H_one)

@@ -5,10 +5,11 @@
 // Why fused: in PyTorch each step is a separate op over (b, c, h, Q, Q) or (b, c, h, n, p)
 // tensors (decay mask, its exp, C·Bᵀ ∘ L, the chunk states, state passing, outputs from states);
 // each pass streams tens of MB through memory and the state passing runs c small ops per layer.
-// Here one thread owns a (batch, head) pair and walks its chunks in order, so the state (n × p,
-// 32 KB at n=128, p=64) stays in cache and never round-trips through memory, and every p-channel
-// loop is a contiguous, vectorised axpy. C·Bᵀ (shared by the heads of a group) comes in
-// precomputed: it is a plain batched GEMM, which the BLAS does best.
+// Here one thread owns a share of the (batch, head) pairs and walks the chunks in order (the heads
+// of a block inner, see run_pairs), so each state (n × p, 32 KB at n=128, p=64) stays in cache
+// and never round-trips through memory, and the products run in a register-tiled kernel (tile).
+// C·Bᵀ (shared by the heads of a group) comes in precomputed: it is a plain batched GEMM, which
+// the BLAS does best.
 //
 // Per chunk of Qk positions (Qk = Q except for a short last chunk), with cum_t = Σ_{r≤t} a_r:
 //   y_t   = into_t · C_t · S  +  Σ_{s≤t} CB[t, s] · exp(cum_t − cum_s) · Δx_s       (Y_off + Y_diag)
@@ -32,6 +33,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "fastmath.h"
@@ -60,51 +62,97 @@ struct Problem {
   float dt_lo, dt_hi;
 };
 
-// out (R × W) += A (R × K) · Bm (K × W), A[i, k] at A[i·ars + k·acs]: the register tile of the
-// small matrix products below (acs != 1 reads A transposed, e.g. Bᵀ straight from B's rows).
-// Accumulators stay in registers (R·W floats: 16 AVX2 or 8 AVX-512 registers at 4 × 32); each
-// row of Bm loaded once feeds R rows, so loads stay below the FMAs.
-template <int R, int W>
+// GCC vector extensions at the widest width the target has (as gemv.h): one source for every ISA.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+constexpr int64_t kLanes = kVecBytes / 4;
+typedef float VecF __attribute__((vector_size(kVecBytes)));
+
+inline VecF loadv(const float* p) {
+  VecF v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void storev(float* p, VecF v) { std::memcpy(p, &v, sizeof v); }
+
+// out (R × NV·kLanes) = beta · out + A (R × K) · Bm (K × NV·kLanes), A[i, k] at A[i·ars + k·acs]
+// (acs != 1 reads A transposed, e.g. Bᵀ straight from B's rows); beta = 0 never reads out.
+// The register tile of the small matrix products below: R·NV accumulators plus NV rows of Bm and
+// one broadcast must fit the 16 vector registers of AVX2 (6 × 2 + 2 + 1 = 15), else the
+// accumulators spill to the stack and every FMA pays a load and a store (the previous 4 × 32
+// float tile did: 16 accumulators alone).
+template <int R, int NV>
 inline void tile(float* __restrict out, int64_t ldo, const float* __restrict A, int64_t ars,
-                 int64_t acs, const float* __restrict Bm, int64_t ldb, int64_t K) {
-  float acc[R][W];
-#pragma GCC unroll 4
+                 int64_t acs, const float* __restrict Bm, int64_t ldb, int64_t K, float beta) {
+  VecF acc[R][NV];
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
-#pragma omp simd
-    for (int w = 0; w < W; ++w) acc[i][w] = out[i * ldo + w];
-  for (int64_t k = 0; k < K; ++k) {
-    const float* b = Bm + k * ldb;
 #pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = beta == 0.0f ? VecF{} : beta * loadv(out + i * ldo + v * kLanes);
+  for (int64_t k = 0; k < K; ++k) {
+    VecF b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = loadv(Bm + k * ldb + v * kLanes);
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       const float s = A[i * ars + k * acs];
-#pragma omp simd
-      for (int w = 0; w < W; ++w) acc[i][w] += s * b[w];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] += s * b[v];
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
-#pragma omp simd
-    for (int w = 0; w < W; ++w) out[i * ldo + w] = acc[i][w];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) storev(out + i * ldo + v * kLanes, acc[i][v]);
+}
+
+// The same for a column tail narrower than one vector, one column at a time.
+template <int R>
+inline void tile_col(float* out, int64_t ldo, const float* A, int64_t ars, int64_t acs,
+                     const float* Bm, int64_t ldb, int64_t K, float beta) {
+  float acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = beta == 0.0f ? 0.0f : beta * out[i * ldo];
+  for (int64_t k = 0; k < K; ++k)
+    for (int i = 0; i < R; ++i) acc[i] += A[i * ars + k * acs] * Bm[k * ldb];
+  for (int i = 0; i < R; ++i) out[i * ldo] = acc[i];
 }
 
 template <int R>
-inline void tile_cols(float* out, int64_t ldo, const float* A, int64_t ars, int64_t acs,
-                      const float* Bm, int64_t ldb, int64_t K, int64_t cols) {
+inline void tile_rows(float* out, int64_t ldo, const float* A, int64_t ars, int64_t acs,
+                      const float* Bm, int64_t ldb, int64_t K, int64_t cols, float beta) {
   int64_t w = 0;
-  for (; w + 32 <= cols; w += 32) tile<R, 32>(out + w, ldo, A, ars, acs, Bm + w, ldb, K);
-  for (; w + 8 <= cols; w += 8) tile<R, 8>(out + w, ldo, A, ars, acs, Bm + w, ldb, K);
-  for (; w < cols; ++w) tile<R, 1>(out + w, ldo, A, ars, acs, Bm + w, ldb, K);
+  for (; w + 2 * kLanes <= cols; w += 2 * kLanes) tile<R, 2>(out + w, ldo, A, ars, acs, Bm + w, ldb, K, beta);
+  for (; w + kLanes <= cols; w += kLanes) tile<R, 1>(out + w, ldo, A, ars, acs, Bm + w, ldb, K, beta);
+  for (; w < cols; ++w) tile_col<R>(out + w, ldo, A, ars, acs, Bm + w, ldb, K, beta);
 }
 
-// out (rows × cols) += A (rows × K) · Bm (K × cols); with `lower`, row i only needs k ≤ i (A is
-// zero above its diagonal, so a block of rows stops at its last row's diagonal).
-inline void gemm_acc(float* out, int64_t ldo, const float* A, int64_t ars, int64_t acs,
-                     const float* Bm, int64_t ldb, int64_t rows, int64_t K, int64_t cols, bool lower) {
+constexpr int64_t kRows = 6;  // rows per register tile
+
+// out (rows × cols) = beta · out + A (rows × K) · Bm (K × cols). With `lower` >= 0, row i only
+// needs k < lower + i + 1 (A is zero beyond: a triangular block after `lower` dense columns), so a
+// block of rows stops at its last row's diagonal.
+inline void gemm(float* out, int64_t ldo, const float* A, int64_t ars, int64_t acs, const float* Bm,
+                 int64_t ldb, int64_t rows, int64_t K, int64_t cols, float beta = 1.0f,
+                 int64_t lower = -1) {
   int64_t i = 0;
-  for (; i + 4 <= rows; i += 4)
-    tile_cols<4>(out + i * ldo, ldo, A + i * ars, ars, acs, Bm, ldb, lower ? i + 4 : K, cols);
-  for (; i < rows; ++i)
-    tile_cols<1>(out + i * ldo, ldo, A + i * ars, ars, acs, Bm, ldb, lower ? i + 1 : K, cols);
+  auto k_of = [&](int64_t r) { return lower < 0 ? K : std::min(K, lower + i + r); };
+  for (; i + kRows <= rows; i += kRows)
+    tile_rows<kRows>(out + i * ldo, ldo, A + i * ars, ars, acs, Bm, ldb, k_of(kRows), cols, beta);
+  float* o = out + i * ldo;
+  const float* a = A + i * ars;
+  switch (rows - i) {
+    case 5: tile_rows<5>(o, ldo, a, ars, acs, Bm, ldb, k_of(5), cols, beta); break;
+    case 4: tile_rows<4>(o, ldo, a, ars, acs, Bm, ldb, k_of(4), cols, beta); break;
+    case 3: tile_rows<3>(o, ldo, a, ars, acs, Bm, ldb, k_of(3), cols, beta); break;
+    case 2: tile_rows<2>(o, ldo, a, ars, acs, Bm, ldb, k_of(2), cols, beta); break;
+    case 1: tile_rows<1>(o, ldo, a, ars, acs, Bm, ldb, k_of(1), cols, beta); break;
+    default: break;
+  }
 }
 
 // One thread per (batch, head) pair at a time, each with its own `work` floats of scratch.
@@ -119,134 +167,152 @@ void for_each_head(int64_t b, int64_t h, int64_t work, int32_t threads, Run run)
   }
 }
 
-void run_head(const Problem& P, int64_t bi, int64_t hi, float* work) {
+// Chunk k of the (batch, head) pair (bi, hi). SX: the pair's [S; X] ((n + Q) × p): its state S
+// (n × p), carried from chunk to chunk, with the chunk's Δx right below it, so the outputs are one
+// product [into ∘ C | M] · [S; X]. work: AC (Q × (n + Q)), to_end ∘ Δx (Q × p), cum / into /
+// to_end / Δ (Q each).
+void run_chunk(const Problem& P, int64_t bi, int64_t hi, int64_t k, float* SX, float* work) {
   const int64_t p = P.p, n = P.n, Q = P.Q, h = P.h, g = P.g;
-  const int64_t hg = h / g, gi = hi / hg, j = hi % hg;
-  // work: state S (n × p), M (Q × Q), to_end ∘ Δx (Q × p), cum / into / to_end (Q each), Δx (Q × p)
-  float* S = work;
-  float* M = S + n * p;
-  float* Xw = M + Q * Q;
+  const int64_t hg = h / g, gi = hi / hg, j = hi % hg, K = n + Q;
+  float* S = SX;
+  float* Xc = S + n * p;
+  float* AC = work;
+  float* Xw = AC + Q * K;
   float *cum = Xw + Q * p, *into = cum + Q, *to_end = into + Q;
-  float* Xc = to_end + Q;
-  float* delta = Xc + Q * p;
-
-  if (P.h0) {
-    const float* h0 = P.h0 + (bi * h + hi) * p * n;
-    for (int64_t c = 0; c < p; ++c)
-      for (int64_t k = 0; k < n; ++k) S[k * p + c] = h0[c * n + k];
-  } else {
-    std::fill(S, S + n * p, 0.0f);
-  }
+  float* delta = to_end + Q;
 
   const int64_t xrow = h * p, arow = h, brow = P.bs;  // strides between positions
-  for (int64_t k = 0; k < P.c; ++k) {
-    const int64_t t0 = k * Q, Qk = std::min(Q, P.l - t0), last = Qk - 1;
-    const float* xk = P.xdt ? P.xdt + (bi * P.l + t0) * xrow + hi * p : nullptr;  // row t: xk + t·xs_k
-    int64_t xs_k = xrow;
-    const float* ak = P.a ? P.a + (bi * P.l + t0) * arow + hi : nullptr;
-    const float* Bk = P.B + (bi * P.l + t0) * brow + gi * n;
-    const float* Ck = P.C + (bi * P.l + t0) * brow + gi * n;
-    const float* CBk = P.CB + ((bi * P.c + k) * g + gi) * Q * Q;
-    const int64_t* sk = P.seg ? P.seg + (bi * P.c + k) * Q : nullptr;
-    float* yk = P.y + (bi * P.l + t0) * xrow + hi * p;
+  const int64_t t0 = k * Q, Qk = std::min(Q, P.l - t0), last = Qk - 1;
+  const float* Bk = P.B + (bi * P.l + t0) * brow + gi * n;
+  const float* Ck = P.C + (bi * P.l + t0) * brow + gi * n;
+  const float* CBk = P.CB + ((bi * P.c + k) * g + gi) * Q * Q;
+  const int64_t* sk = P.seg ? P.seg + (bi * P.c + k) * Q : nullptr;
+  float* yk = P.y + (bi * P.l + t0) * xrow + hi * p;
 
-    float run = 0.0f;
-    if (P.x) {  // Δ, log Ā and Δx for this chunk and head; Δx built once into a (Q × p) block
-      const float* dtr = P.dt + (bi * P.l + t0) * P.dts + hi;
-      const float bias = P.dt_bias ? P.dt_bias[hi] : 0.0f, Ah = P.A[hi];
-      for (int64_t t = 0; t < Qk; ++t) {
-        float d = dtr[t * P.dts] + bias;
-        if (P.softplus) d = softplus_(d);
-        delta[t] = d < P.dt_lo ? P.dt_lo : (d > P.dt_hi ? P.dt_hi : d);
-        cum[t] = (run += delta[t] * Ah);
-      }
-      const float* xr = P.x + (bi * P.l + t0) * P.xs + hi * p;
-      for (int64_t t = 0; t < Qk; ++t) {
-        const float d = delta[t];
-#pragma omp simd
-        for (int64_t q = 0; q < p; ++q) Xc[t * p + q] = xr[t * P.xs + q] * d;
-      }
-      xk = Xc;
-      xs_k = p;
-    } else {
-      for (int64_t t = 0; t < Qk; ++t) cum[t] = (run += ak[t * arow]);
-    }
-    const int64_t seg_last = sk ? sk[last] : 0;
+  float run = 0.0f;
+  if (P.x) {  // Δ, log Ā and Δx for this chunk and head
+    const float* dtr = P.dt + (bi * P.l + t0) * P.dts + hi;
+    const float bias = P.dt_bias ? P.dt_bias[hi] : 0.0f, Ah = P.A[hi];
     for (int64_t t = 0; t < Qk; ++t) {
-      into[t] = (!sk || sk[t] == 0) ? decay_(cum[t]) : 0.0f;
-      to_end[t] = (!sk || sk[t] == seg_last) ? decay_(cum[last] - cum[t]) : 0.0f;
+      float d = dtr[t * P.dts] + bias;
+      if (P.softplus) d = softplus_(d);
+      delta[t] = d < P.dt_lo ? P.dt_lo : (d > P.dt_hi ? P.dt_hi : d);
+      cum[t] = (run += delta[t] * Ah);
     }
-    const float through = seg_last == 0 ? decay_(cum[last]) : 0.0f;
-
-    if (P.H) {  // the state entering this chunk, for the backward
-      float* Hk = P.H + ((bi * P.c + k) * g + gi) * n * hg * p + j * p;
-      for (int64_t r = 0; r < n; ++r) std::copy(S + r * p, S + (r + 1) * p, Hk + r * hg * p);
-    }
-
-    // M = CB ∘ L, zero above the diagonal: the intra-chunk "attention" weights.
+    const float* xr = P.x + (bi * P.l + t0) * P.xs + hi * p;
     for (int64_t t = 0; t < Qk; ++t) {
-      const float* cb = CBk + t * Q;
-      float* m = M + t * Q;
-      const float ct = cum[t];
-      if (sk) {
-        const int64_t st = sk[t];
-        for (int64_t s = 0; s <= t; ++s) m[s] = sk[s] == st ? cb[s] * decay_(ct - cum[s]) : 0.0f;
-      } else {
+      const float d = delta[t];
 #pragma omp simd
-        for (int64_t s = 0; s <= t; ++s) m[s] = cb[s] * decay_(ct - cum[s]);
-      }
-      std::fill(m + t + 1, m + Qk, 0.0f);
+      for (int64_t q = 0; q < p; ++q) Xc[t * p + q] = xr[t * P.xs + q] * d;
     }
+  } else {
+    const float* ak = P.a + (bi * P.l + t0) * arow + hi;
+    const float* xk = P.xdt + (bi * P.l + t0) * xrow + hi * p;
+    for (int64_t t = 0; t < Qk; ++t) cum[t] = (run += ak[t * arow]);
+    for (int64_t t = 0; t < Qk; ++t) std::copy(xk + t * xrow, xk + t * xrow + p, Xc + t * p);
+  }
+  const int64_t seg_last = sk ? sk[last] : 0;
+  for (int64_t t = 0; t < Qk; ++t) {
+    into[t] = (!sk || sk[t] == 0) ? decay_(cum[t]) : 0.0f;
+    to_end[t] = (!sk || sk[t] == seg_last) ? decay_(cum[last] - cum[t]) : 0.0f;
+  }
+  const float through = seg_last == 0 ? decay_(cum[last]) : 0.0f;
 
-    // Outputs: y_t = into_t · (C_t S) + Σ_{s≤t} M[t, s] Δx_s.
-    for (int64_t t = 0; t < Qk; ++t) std::fill(yk + t * xrow, yk + t * xrow + p, 0.0f);
-    gemm_acc(yk, xrow, Ck, brow, 1, S, p, Qk, n, p, false);
-    for (int64_t t = 0; t < Qk; ++t) {
-      float* yt = yk + t * xrow;
-      const float s = into[t];
-#pragma omp simd
-      for (int64_t q = 0; q < p; ++q) yt[q] *= s;
-    }
-    gemm_acc(yk, xrow, M, Q, 1, xk, xs_k, Qk, Qk, p, true);
-    if (P.x && (P.D || P.z)) {  // the D skip and the gate, while the rows are in cache
-      const float* xr = P.x + (bi * P.l + t0) * P.xs + hi * p;
-      const float* zr = P.z ? P.z + (bi * P.l + t0) * P.zs + hi * p : nullptr;
-      const float* Dh = P.D ? P.D + (P.D_per_channel ? hi * p : hi) : nullptr;
-      for (int64_t t = 0; t < Qk; ++t) {
-        float* yt = yk + t * xrow;
-        const float* xt = xr + t * P.xs;
-        if (Dh) {
-          if (P.D_per_channel) {
-#pragma omp simd
-            for (int64_t q = 0; q < p; ++q) yt[q] += Dh[q] * xt[q];
-          } else {
-#pragma omp simd
-            for (int64_t q = 0; q < p; ++q) yt[q] += Dh[0] * xt[q];
-          }
-        }
-        if (zr) {
-          const float* zt = zr + t * P.zs;
-#pragma omp simd
-          for (int64_t q = 0; q < p; ++q) yt[q] *= zt[q] * sigmoid_(zt[q]);
-        }
-      }
-    }
-
-    // State passing: S <- through · S + Bᵀ (to_end ∘ Δx) (rows of S along n; Bᵀ read in place).
-    for (int64_t s = 0; s < Qk; ++s) {
-      const float w = to_end[s];
-      const float* xs = xk + s * xs_k;
-#pragma omp simd
-      for (int64_t q = 0; q < p; ++q) Xw[s * p + q] = w * xs[q];
-    }
-#pragma omp simd
-    for (int64_t q = 0; q < n * p; ++q) S[q] *= through;
-    gemm_acc(S, p, Bk, 1, brow, Xw, p, n, Qk, p, false);
+  if (P.H) {  // the state entering this chunk, for the backward
+    float* Hk = P.H + ((bi * P.c + k) * g + gi) * n * hg * p + j * p;
+    for (int64_t r = 0; r < n; ++r) std::copy(S + r * p, S + (r + 1) * p, Hk + r * hg * p);
   }
 
-  float* fin = P.final + (bi * h + hi) * p * n;
-  for (int64_t c = 0; c < p; ++c)
-    for (int64_t k = 0; k < n; ++k) fin[c * n + k] = S[k * p + c];
+  // Row t of AC: into_t · C_t, then M[t, :] = (CB ∘ L)[t, :], the intra-chunk "attention"
+  // weights, zero above the diagonal.
+  for (int64_t t = 0; t < Qk; ++t) {
+    const float* ct_row = Ck + t * brow;
+    float* ac = AC + t * K;
+    const float it = into[t];
+#pragma omp simd
+    for (int64_t r = 0; r < n; ++r) ac[r] = it * ct_row[r];
+    const float* cb = CBk + t * Q;
+    float* m = ac + n;
+    const float ct = cum[t];
+    if (sk) {
+      const int64_t st = sk[t];
+      for (int64_t s = 0; s <= t; ++s) m[s] = sk[s] == st ? cb[s] * decay_(ct - cum[s]) : 0.0f;
+    } else {
+#pragma omp simd
+      for (int64_t s = 0; s <= t; ++s) m[s] = cb[s] * decay_(ct - cum[s]);
+    }
+    std::fill(m + t + 1, m + Qk, 0.0f);
+  }
+
+  // Outputs: y_t = into_t · (C_t S) + Σ_{s≤t} M[t, s] Δx_s, one product over K = n + Qk.
+  gemm(yk, xrow, AC, K, 1, S, p, Qk, n + Qk, p, 0.0f, n);
+  if (P.x && (P.D || P.z)) {  // the D skip and the gate, while the rows are in cache
+    const float* xr = P.x + (bi * P.l + t0) * P.xs + hi * p;
+    const float* zr = P.z ? P.z + (bi * P.l + t0) * P.zs + hi * p : nullptr;
+    const float* Dh = P.D ? P.D + (P.D_per_channel ? hi * p : hi) : nullptr;
+    for (int64_t t = 0; t < Qk; ++t) {
+      float* yt = yk + t * xrow;
+      const float* xt = xr + t * P.xs;
+      if (Dh) {
+        if (P.D_per_channel) {
+#pragma omp simd
+          for (int64_t q = 0; q < p; ++q) yt[q] += Dh[q] * xt[q];
+        } else {
+#pragma omp simd
+          for (int64_t q = 0; q < p; ++q) yt[q] += Dh[0] * xt[q];
+        }
+      }
+      if (zr) {
+        const float* zt = zr + t * P.zs;
+#pragma omp simd
+        for (int64_t q = 0; q < p; ++q) yt[q] *= zt[q] * sigmoid_(zt[q]);
+      }
+    }
+  }
+
+  // State passing: S <- through · S + Bᵀ (to_end ∘ Δx) (rows of S along n; Bᵀ read in place).
+  for (int64_t s = 0; s < Qk; ++s) {
+    const float w = to_end[s];
+#pragma omp simd
+    for (int64_t q = 0; q < p; ++q) Xw[s * p + q] = w * Xc[s * p + q];
+  }
+  gemm(S, p, Bk, 1, brow, Xw, p, n, Qk, p, through);
+}
+
+// The pairs of one thread's share, [first, last), walked chunk by chunk with the heads inner, in
+// blocks of up to kHeadBlock pairs. The rows of x, z, B, C, Δ and y are (b, l, ·) matrices whose
+// positions lie a whole row apart (6-13 KB at the 130M shape), so a pair walking all its chunks
+// alone touched a new 4 KB page at every position, ~8000 pages per pair: past the TLB's reach
+// and the prefetchers', and the strided row loads stalled for about as long as the products took
+// (perf, 130M shape). A block of heads at the same chunk reads those rows side by side (one page
+// walk and one miss per row for the block) and shares B and C while they are in L1. Its states
+// (48 KB per pair with the Δx rows) then live in L2/L3, which costs less: on one Zen 3 core,
+// kernel time relative to blocks of 8 pairs: 12 -> 0.95, 16 -> 0.98, 24 (all) -> 0.92.
+constexpr int64_t kHeadBlock = 32;
+
+void run_pairs(const Problem& P, int64_t first, int64_t last, float* SX, float* work) {
+  const int64_t p = P.p, n = P.n, Q = P.Q, h = P.h, slot = (n + Q) * p;
+  for (int64_t b0 = first; b0 < last; b0 += kHeadBlock) {
+    const int64_t b1 = std::min(last, b0 + kHeadBlock);
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      float* S = SX + (bh - b0) * slot;
+      if (P.h0) {
+        const float* h0 = P.h0 + bh * p * n;
+        for (int64_t c = 0; c < p; ++c)
+          for (int64_t k = 0; k < n; ++k) S[k * p + c] = h0[c * n + k];
+      } else {
+        std::fill(S, S + n * p, 0.0f);
+      }
+    }
+    for (int64_t k = 0; k < P.c; ++k)
+      for (int64_t bh = b0; bh < b1; ++bh) run_chunk(P, bh / h, bh % h, k, SX + (bh - b0) * slot, work);
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      const float* S = SX + (bh - b0) * slot;
+      float* fin = P.final + bh * p * n;
+      for (int64_t c = 0; c < p; ++c)
+        for (int64_t k = 0; k < n; ++k) fin[c * n + k] = S[k * p + c];
+    }
+  }
 }
 
 }  // namespace
@@ -262,8 +328,15 @@ void mk_ssd_chunk_fwd_f32(const float* xdt, const float* a, const float* B, cons
                           int32_t D_per_channel, const float* z, int64_t zs, int32_t threads) {
   const Problem P{xdt, a, B, C, CB, h0, seg, y, final, H, b, l, h, p, g, n, Q, (l + Q - 1) / Q,
                   x, dt, D, z, dt_bias, A, xs, zs, dts, bs, D_per_channel, softplus, dt_lo, dt_hi};
-  const int64_t work = n * p + Q * Q + 2 * Q * p + 4 * Q;
-  for_each_head(b, h, work, threads, [&](int64_t bi, int64_t hi, float* buf) { run_head(P, bi, hi, buf); });
+  const int64_t nt = threads > 0 ? threads : omp_get_max_threads(), pairs = b * h;
+#pragma omp parallel num_threads(nt)
+  {
+    // a contiguous share of the pairs per thread, so its head blocks read neighbouring columns
+    const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    const int64_t first = pairs * tid / nth, last = pairs * (tid + 1) / nth;
+    std::vector<float> SX(std::min(kHeadBlock, last - first) * (n + Q) * p), work(Q * (n + Q) + Q * p + 4 * Q);
+    run_pairs(P, first, last, SX.data(), work.data());
+  }
 }
 
 }  // extern "C"
@@ -359,16 +432,14 @@ void run_head_bwd(const BwdProblem& P, int64_t bi, int64_t hi, float* work) {
       for (int64_t q = 0; q < p; ++q) dYi[t * p + q] = s * dyk[t * xrow + q];
     }
     transpose(Sk, n, p, hg * p, T);
-    std::fill(dCk, dCk + Q * n, 0.0f);
-    gemm_acc(dCk, n, dYi, p, 1, T, n, Q, p, n, false);
+    gemm(dCk, n, dYi, p, 1, T, n, Q, p, n, 0.0f);
     for (int64_t t = 0; t < Q; ++t) {
       float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
       for (int64_t r = 0; r < n; ++r) acc += dCk[t * n + r] * Ck[t * brow + r];
       dcum[t] += acc;
     }
-    std::fill(dSo, dSo + n * p, 0.0f);
-    gemm_acc(dSo, p, Ck, 1, brow, dYi, p, n, Q, p, false);
+    gemm(dSo, p, Ck, 1, brow, dYi, p, n, Q, p, 0.0f);
 
     // State passing, with dS = the gradient of the state leaving this chunk.
     float dthrough = 0.0f;
@@ -384,10 +455,8 @@ void run_head_bwd(const BwdProblem& P, int64_t bi, int64_t hi, float* work) {
       for (int64_t q = 0; q < p; ++q) Xw[s * p + q] = w * xk[s * xrow + q];
     }
     transpose(dS, n, p, p, T);
-    std::fill(dBk, dBk + Q * n, 0.0f);
-    gemm_acc(dBk, n, Xw, p, 1, T, n, Q, p, n, false);
-    std::fill(BdS, BdS + Q * p, 0.0f);
-    gemm_acc(BdS, p, Bk, brow, 1, dS, p, Q, n, p, false);
+    gemm(dBk, n, Xw, p, 1, T, n, Q, p, n, 0.0f);
+    gemm(BdS, p, Bk, brow, 1, dS, p, Q, n, p, 0.0f);
     float dto_end_sum = 0.0f;
     for (int64_t s = 0; s < Q; ++s) {
       const float w = to_end[s];
@@ -417,9 +486,8 @@ void run_head_bwd(const BwdProblem& P, int64_t bi, int64_t hi, float* work) {
       }
     }
     transpose(xk, Q, p, xrow, XT);
-    std::fill(dM, dM + Q * Q, 0.0f);
-    gemm_acc(dM, Q, dyk, xrow, 1, XT, Q, Q, p, Q, false);
-    gemm_acc(dxk, xrow, M, 1, Q, dyk, xrow, Q, Q, p, false);
+    gemm(dM, Q, dyk, xrow, 1, XT, Q, Q, p, Q, 0.0f);
+    gemm(dxk, xrow, M, 1, Q, dyk, xrow, Q, Q, p);
     for (int64_t t = 0; t < Q; ++t) {
       float row = 0.0f;
       for (int64_t s = 0; s < Q; ++s) {

@@ -175,6 +175,35 @@ def case_decode(impl: str, size: dict, context: int, n_tokens: int, precision: s
     return {"ms_per_token": ms, "tokens_per_s": batch / ms * 1e3}
 
 
+def case_decode_contexts(impl: str, size: dict, contexts: list, n_tokens: int, precision: str = "fp32") -> dict:
+    """Decode ms per step after each of `contexts`, in one process: one cache prefilled per context,
+    then steps taken in turn from each (A B A B ...), so a context's figure and the ratio between
+    them see the same machine state. Separate runs minutes apart on a shared machine drift by
+    10-20% (clock boost, the other core's memory traffic; a decode step streams every weight),
+    which hid a flat decode: a 128-vs-8192 pair that read 1.12x from two subprocesses read
+    0.99x interleaved (130M shape, 1 thread). mambakit models only (the recurrent cache)."""
+    import torch
+
+    from mambakit.generation import prefill
+
+    model = _model(impl, size, precision)
+    caches, tokens, per = {}, {}, {c: [] for c in contexts}
+    with torch.inference_mode():
+        for ctx in contexts:
+            caches[ctx] = model.allocate_cache(1)
+            ids = torch.randint(0, size["vocab_size"], (1, ctx))
+            tokens[ctx] = prefill(model, ids, caches[ctx]).argmax(-1)  # chunked, as generate() does
+        for _ in range(n_tokens):
+            for ctx in contexts:
+                t0 = time.perf_counter()
+                tokens[ctx] = model.step(tokens[ctx], caches[ctx]).argmax(-1)
+                per[ctx].append(time.perf_counter() - t0)
+    ms = {str(c): statistics.median(per[c][2:]) * 1e3 for c in contexts}
+    first = contexts[0]
+    ratios = {str(c): statistics.median(b / a for a, b in zip(per[first][2:], per[c][2:])) for c in contexts[1:]}
+    return {"ms_per_token": ms, f"per_step_ratio_to_{first}": ratios}
+
+
 def case_train(impl: str, size: dict, length: int, repeats: int, grad_checkpoint: bool = False) -> dict:
     import torch
     import torch.nn.functional as F
@@ -226,7 +255,8 @@ def add_llamacpp(results: dict, size: dict, lengths: list[int], contexts: list[i
                            "vs_mambakit": llamacpp_peer.ratios(results)}
 
 
-CASES = {"prefill": case_prefill, "decode": case_decode, "train": case_train}
+CASES = {"prefill": case_prefill, "decode": case_decode, "decode_contexts": case_decode_contexts,
+         "train": case_train}
 
 
 def run_case(name: str, **kwargs) -> dict:

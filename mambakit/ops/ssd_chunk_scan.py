@@ -14,7 +14,8 @@ cumulative sum. Tests check it against the sequential reference (outputs, states
 gradcheck it in fp64.
 
 On the CPU (fp32) both directions also exist fused in C++ (csrc/ssd_chunk.cpp): chunk_scan_fwd_cpu
-and chunk_scan_bwd_cpu, one pass per (batch, head); the PyTorch forward and chunk_scan_bwd_ref are
+and chunk_scan_bwd_cpu (a thread's heads walked chunk by chunk forwards, one pass per (batch,
+head) backwards); the PyTorch forward and chunk_scan_bwd_ref are
 their twins, which tests compare.
 """
 from __future__ import annotations
@@ -190,7 +191,7 @@ def chunk_scan_fwd_cpu(xdt: Optional[Tensor], a: Optional[Tensor], B: Tensor, C:
                        dt_bias: Optional[Tensor] = None, dt_softplus: bool = False,
                        dt_limit: tuple[float, float] = (-math.inf, math.inf), D: Optional[Tensor] = None,
                        z: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """ChunkScan's forward (steps 1-4) in one C++ pass per (batch, head): csrc/ssd_chunk.cpp.
+    """ChunkScan's forward (steps 1-4) in one C++ pass over the chunks: csrc/ssd_chunk.cpp.
 
     xdt (b, l, h, p), a (b, l, h), B/C (b, l, g, n), h0 (b, h, p, n) or None, all fp32 on the CPU;
     seg (b, ⌈l/Q⌉, Q) integer or None (positions past l ignored). l need not be a multiple of Q:

@@ -1,5 +1,6 @@
 """SSD's CPU backend "cpu": the chunked SSD algorithm with its forward and its backward each fused
-into one C++ pass per (batch, head) (csrc/ssd_chunk.cpp, called through
+in C++ (csrc/ssd_chunk.cpp: the forward walks blocks of heads chunk by chunk, the backward one pass
+per (batch, head); called through
 ssd_chunk_scan.chunk_scan_fwd_cpu / chunk_scan_bwd_cpu). Twins: ssd_scan_chunked (the same
 algorithm in PyTorch ops, with ChunkScan's PyTorch backward) and ssd_scan_ref (the spec); tests
 compare outputs, final states and gradients.
@@ -22,7 +23,11 @@ GPU kernels' tile: mamba_ssm's 256) as no more than a hint for other backends. C
 default instead would change what `chunk_size` means in saved configs and on GPUs. Measured on the
 2-core Zen 4 (130M shape, L=2048, the kernel alone, medians of 5): 32 -> 1.08, 64 -> 1.00,
 128 -> 1.58, 256 -> 1.77 (time relative to 64); the (Q × Q) block and the chunk's B/Δx rows stay
-in L1/L2 at 64, and the training step agreed (see benchmarks/bench_mamba2.py's sweep).
+in L1/L2 at 64, and the training step agreed (see benchmarks/bench_mamba2.py's sweep). Rechecked
+on the 2-core Zen 3 after the forward kernel's register tile and head blocks (1 thread,
+interleaved medians): the inference kernel alone 32 -> 0.89-0.95, 48 -> 0.83-0.92, 128 -> 1.09,
+but a whole prefill (4 layers, L=2048) moved under 1.5% at 32 or 48, and the training op's forward
+plus backward preferred 64 (48 -> 1.07, 32 -> 1.08): 64 stays.
 """
 from __future__ import annotations
 
@@ -90,5 +95,5 @@ def _ssd_scan_cpu_backend(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor
 
 
 register_ssd_backend(Backend("cpu", _ssd_scan_cpu_backend, available,
-                             "chunked SSD, forward fused in C++ per (batch, head) (CPU, fp32)"),
+                             "chunked SSD, forward and backward fused in C++ (CPU, fp32)"),
                      auto_for=("cpu",))

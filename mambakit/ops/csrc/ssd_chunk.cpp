@@ -1,4 +1,4 @@
-// The chunked SSD forward (Dao & Gu 2024, §7) fused into one pass per (batch, head) on CPU: the
+// The chunked SSD forward (Dao & Gu 2024, §7) fused into one pass over the chunks on CPU: the
 // core of ops/ssd_chunk_scan.py's ChunkScan (same inputs: Δx, log Ā = ΔA, B, C, initial state,
 // packed-document index), without the D skip and gate.
 //
@@ -155,7 +155,8 @@ inline void gemm(float* out, int64_t ldo, const float* A, int64_t ars, int64_t a
   }
 }
 
-// One thread per (batch, head) pair at a time, each with its own `work` floats of scratch.
+// One thread per (batch, head) pair at a time, each with its own `work` floats of scratch (the
+// backward's walk; the forward's is run_pairs).
 template <class Run>
 void for_each_head(int64_t b, int64_t h, int64_t work, int32_t threads, Run run) {
   const int nt = threads > 0 ? threads : omp_get_max_threads();
@@ -287,7 +288,8 @@ void run_chunk(const Problem& P, int64_t bi, int64_t hi, int64_t k, float* SX, f
 // (perf, 130M shape). A block of heads at the same chunk reads those rows side by side (one page
 // walk and one miss per row for the block) and shares B and C while they are in L1. Its states
 // (48 KB per pair with the Δx rows) then live in L2/L3, which costs less: on one Zen 3 core,
-// kernel time relative to blocks of 8 pairs: 12 -> 0.95, 16 -> 0.98, 24 (all) -> 0.92.
+// kernel time relative to blocks of 8 pairs: 4 -> 1.07, 12 -> 0.95, 16 -> 0.98, 24 (all) -> 0.92;
+// 32 holds all heads of a 130M or 370M layer.
 constexpr int64_t kHeadBlock = 32;
 
 void run_pairs(const Problem& P, int64_t first, int64_t last, float* SX, float* work) {

@@ -84,6 +84,10 @@ _SCAN = [ctypes.POINTER(ScanArgs)]
 _SIGNATURES = {
     "mk_scan_fwd_f32": _SCAN, "mk_scan_fwd_f64": _SCAN,
     "mk_scan_bwd_f32": _SCAN, "mk_scan_bwd_f64": _SCAN,
+    # u, u_ls, delta, delta_ls, A, B, C, bc_ls, D, z, z_ls, delta_bias, h0, y, y_ls, last, b, d, l, n,
+    # softplus, threads
+    "mk_scan_rows_fwd_f32": [_P, _I, _P, _I, _P, _P, _P, _I, _P, _P, _I, _P, _P, _P, _I, _P, _I, _I, _I, _I,
+                             _I32, _I32],
     # x, x_stride, state, state_out, w, bias, y, b, d, k, silu
     "mk_conv_step_f32": [_P, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I32],
     # state, state_out, x, x_stride, dt, dt_stride, dt_bias, softplus, A,

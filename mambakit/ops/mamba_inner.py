@@ -53,19 +53,20 @@ def _conv_scratch(xz: Tensor, k: int, threads: int, rows: int) -> Tensor:
 
 
 def conv1d_silu(xz: Tensor, weight: Tensor, bias: Optional[Tensor], lib=None, state: Optional[Tensor] = None,
-                state_out: Optional[Tensor] = None) -> Tensor:
+                state_out: Optional[Tensor] = None, time_major: bool = False) -> Tensor:
     """SiLU(causal depthwise conv of xz's first half): xz (b, l, 2d) contiguous fp32, weight (d, k)
-    -> u (b, d, l). `state` (b, d, k - 1): the inputs before xz's first step (zeros if None);
-    `state_out` (b, d, k - 1), if given, receives those after its last. `lib`: another build of the
-    kernels (tests); default the cached one."""
+    -> u (b, d, l), or (b, l, d) if `time_major`. `state` (b, d, k - 1): the inputs before xz's first
+    step (zeros if None); `state_out` (b, d, k - 1), if given, receives those after its last.
+    `lib`: another build of the kernels (tests); default the cached one."""
     b, l, d2 = xz.shape
     d, k = weight.shape
     threads = torch.get_num_threads()
     u, scratch = xz.new_empty(b, d, l), _conv_scratch(xz, k, threads, 2)   # held for the call
+    strides = (l * d, 1, d) if time_major else (d * l, l, 1)               # u's batch, channel, time
     (lib or cpu_kernels.library()).mk_conv1d_silu_fwd_f32(
-        ptr(xz), l * d2, d2, ptr(state), ptr(weight), ptr(bias), ptr(u), d * l, l, 1, ptr(state_out),
+        ptr(xz), l * d2, d2, ptr(state), ptr(weight), ptr(bias), ptr(u), *strides, ptr(state_out),
         ptr(scratch), b, d, l, k, threads)
-    return u
+    return u.view(b, l, d) if time_major else u
 
 
 def conv1d_silu_backward(xz: Tensor, weight: Tensor, bias: Optional[Tensor], du: Tensor, dxz: Tensor,
@@ -143,17 +144,37 @@ def _forward(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_pro
     return gate_silu(xz, v), x_dbl, v, ckpt                                 # y (b, l, d)
 
 
+def _infer(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor,
+           dt_proj_weight: Tensor, dt_bias: Tensor, A_log: Tensor, D: Tensor, conv_state: Optional[Tensor] = None,
+           ssm_state: Optional[Tensor] = None, conv_state_out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """The inference forward between the projections: (y (b, l, d), the final SSM state (b, d, n)).
+    Where the time-major scan applies (n = 16, d a multiple of 8: every Mamba-1 preset) every
+    operand stays (b, l, ·) as the GEMMs write it — u from the conv, Δ = dt_low W_dtᵀ, B, C and z
+    read in place — so nothing is transposed; otherwise `_forward`'s channel-major path."""
+    b, l, d2 = xz.shape
+    d, r, n = d2 // 2, dt_proj_weight.shape[1], A_log.shape[1]
+    if not scan_cpu.scan_rows_applies(d, n):
+        last = xz.new_empty(b, d, n)
+        y = _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                     conv_state=conv_state, ssm_state=ssm_state, conv_state_out=conv_state_out,
+                     ssm_state_out=last)[0]
+        return y, last
+    u = conv1d_silu(xz, conv_weight, conv_bias, state=conv_state, state_out=conv_state_out, time_major=True)
+    x_dbl = F.linear(u, x_proj_weight)                                      # (b, l, r + 2n)
+    delta = F.linear(x_dbl[..., :r], dt_proj_weight)                        # (b, l, d)
+    return scan_cpu.scan_rows_fwd(u, delta, -torch.exp(A_log), x_dbl[..., r:r + n], x_dbl[..., r + n:], D,
+                                  xz[..., d:], dt_bias, ssm_state, delta_softplus=True)
+
+
 class _MambaInner(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                 out_weight, out_bias):
-        train = any(ctx.needs_input_grad)
         y, x_dbl, v, ckpt = _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log,
-                                     D, keep=train)
-        if train:
-            ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
-                                  out_weight, x_dbl, v, ckpt)
-            ctx.has_out_bias = out_bias is not None
+                                     D, keep=True)
+        ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                              out_weight, x_dbl, v, ckpt)
+        ctx.has_out_bias = out_bias is not None
         return F.linear(y, out_weight, out_bias)                                # (b, l, d_model)
 
     @staticmethod
@@ -243,8 +264,14 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_
         raise ValueError(f"mamba_inner: the CPU kernels are not available: {reason}")
     check_mamba_inner_inputs(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                              out_weight, out_bias)
-    return _MambaInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
-                             out_weight, out_bias)
+    # (needs_input_grad inside a Function is True for any input with requires_grad, even under
+    # no_grad: the choice between training and inference has to be made here.)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (
+            xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D, out_weight, out_bias)):
+        return _MambaInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                                 out_weight, out_bias)
+    y = _infer(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D)[0]
+    return F.linear(y, out_weight, out_bias)                                    # (b, l, d_model)
 
 
 def mamba_inner_continue(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_proj_weight: Tensor,
@@ -271,7 +298,7 @@ def mamba_inner_continue(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Te
             conv_state, ssm_state)):
         raise ValueError("mamba_inner_continue is inference-only: run it under torch.no_grad() or "
                          "torch.inference_mode()")
-    conv_out, ssm_out = torch.empty_like(conv_state), torch.empty_like(ssm_state)
-    y = _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
-                 conv_state=conv_state, ssm_state=ssm_state, conv_state_out=conv_out, ssm_state_out=ssm_out)[0]
+    conv_out = torch.empty_like(conv_state)
+    y, ssm_out = _infer(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
+                        conv_state=conv_state, ssm_state=ssm_state, conv_state_out=conv_out)
     return F.linear(y, out_weight, out_bias), conv_out, ssm_out

@@ -27,6 +27,60 @@ def _call(direction: str, dtype: torch.dtype, **kw) -> None:
     getattr(cpu_kernels.library(), f"mk_scan_{direction}_{suffix}")(ctypes.byref(args))
 
 
+ROWS_LANES = 8  # scan_rows_fwd: channels per vector; d must be a multiple
+
+
+def scan_rows_applies(d: int, n: int) -> bool:
+    """Whether `scan_rows_fwd` takes these sizes (n = 16, whole octets of channels)."""
+    return n == 16 and d % ROWS_LANES == 0
+
+
+def scan_rows_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                  z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+                  initial_state: Optional[Tensor] = None, delta_softplus: bool = True) -> tuple[Tensor, Tensor]:
+    """The selective scan for inference in time-major layout: u, delta, z (b, l, d), B, C (b, l, n)
+    (one group), each with stride-1 rows and any row stride (views into the projections' outputs
+    are read in place) -> (y (b, l, d) = (C·h + D u) · SiLU(z), final state (b, d, n)). fp32 CPU,
+    n = 16, d a multiple of 8 (`scan_rows_applies`), no autograd. Twin: selective_scan_ref on the
+    transposed operands (tests/ops/test_scan_rows.py)."""
+    def fail(msg: str):
+        raise ValueError(f"scan_rows_fwd: {msg}")
+
+    if u.dim() != 3:
+        fail(f"u must be (b, l, d), got {tuple(u.shape)}")
+    b, l, d = u.shape
+    n = A.shape[-1] if A.dim() == 2 else -1
+    if not scan_rows_applies(d, n) or tuple(A.shape) != (d, n) or b * l == 0:
+        fail(f"needs d a multiple of {ROWS_LANES}, A (d, 16), b, l > 0: got u {tuple(u.shape)}, A {tuple(A.shape)}")
+    rows = dict(u=(u, d), delta=(delta, d), B=(B, n), C=(C, n), z=(z, d))
+    for name, (t, width) in rows.items():
+        if t is not None and tuple(t.shape) != (b, l, width):
+            fail(f"{name} must be ({b}, {l}, {width}), got {tuple(t.shape)}")
+    # The kernel addresses row t of batch i at i·l·stride + t·stride: other layouts are copied.
+    in_place = lambda t: t is None or (t.stride(2) == 1 and t.stride(1) >= t.shape[2]
+                                       and t.stride(0) == l * t.stride(1))
+    u, delta, z = (t if in_place(t) else t.contiguous() for t in (u, delta, z))
+    if not (in_place(B) and in_place(C) and B.stride(1) == C.stride(1)):
+        B, C = B.contiguous(), C.contiguous()
+    rows = dict(u=(u, d), delta=(delta, d), B=(B, n), C=(C, n), z=(z, d))
+    flat = dict(A=(A, (d, n)), D=(D, (d,)), delta_bias=(delta_bias, (d,)), initial_state=(initial_state, (b, d, n)))
+    for name, (t, shape) in flat.items():
+        if t is not None and (tuple(t.shape) != shape or not t.is_contiguous()):
+            fail(f"{name} must be contiguous {shape}, got {tuple(t.shape)}")
+    named = {**{k: v[0] for k, v in rows.items()}, **{k: v[0] for k, v in flat.items()}}
+    for name, t in named.items():
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            fail(f"{name} must be fp32 on the CPU, got {t.dtype} on {t.device}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in named.values()):
+        fail("inference only: run it under torch.no_grad() or torch.inference_mode()")
+    y, last = u.new_empty(b, l, d), u.new_empty(b, d, n)
+    cpu_kernels.library().mk_scan_rows_fwd_f32(
+        ptr(u), u.stride(1), ptr(delta), delta.stride(1), ptr(A), ptr(B), ptr(C), B.stride(1), ptr(D), ptr(z),
+        z.stride(1) if z is not None else 0, ptr(delta_bias), ptr(initial_state), ptr(y), d, ptr(last),
+        b, d, l, n, int(delta_softplus), max(1, min(torch.get_num_threads(), b * (d // ROWS_LANES))))
+    return y, last
+
+
 class _FusedScan(torch.autograd.Function):
     """Inputs already in the compute dtype and contiguous; B, C as (b, g, l, n)."""
 

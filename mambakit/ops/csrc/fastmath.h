@@ -48,6 +48,19 @@ inline v8f exp8(v8f x) {
   const v8i bits = (__builtin_convertvector(k, v8i) + 127) << 23;
   return p * reinterpret_cast<const v8f&>(bits);
 }
+// softplus_ and sigmoid_ on eight floats (same formulas).
+inline v8f softplus8(v8f x) {
+  const v8f w = exp8(x > 0.0f ? -x : x);
+  const v8f s = w / (2.0f + w), s2 = s * s;
+  v8f p = s2 * (1.0f / 13) + 1.0f / 11;
+  p = p * s2 + 1.0f / 9;
+  p = p * s2 + 1.0f / 7;
+  p = p * s2 + 1.0f / 5;
+  p = p * s2 + 1.0f / 3;
+  p = p * s2 + 1.0f;
+  return (x > 0.0f ? x : v8f{}) + 2.0f * s * p;
+}
+inline v8f sigmoid8(v8f x) { return 1.0f / (1.0f + exp8(-x)); }
 inline v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 

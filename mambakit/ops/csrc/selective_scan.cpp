@@ -228,6 +228,69 @@ void forward_lanes(const ScanArgs& a) {
   }
 }
 
+// The inference forward in time-major layout, for prefill: u, Δ, z and y are (b, l, d) rows with
+// row strides (z a view into in_proj's output, B and C views into x_proj's: (b, l, ·) rows of
+// stride bc_ls), so no operand is transposed or copied before or after; D, the Δ bias and softplus
+// and the gate are applied here, y = (C·h + D u) · SiLU(z). Eight channels per vector as in
+// forward_lanes; a thread takes up to four octets (128 bytes of each row: whole cache lines) and
+// walks them through time in blocks of kBlockT steps, so the lines the first octet loads serve
+// the other three from L1. float, n = 16, d a multiple of 8, one B/C group; h0 may be null
+// (zeros); `last` (b, d, n) receives the final states.
+constexpr int64_t kBlockT = 64, kOctetsPerItem = 4;
+
+template <int N>
+void forward_rows(const float* u, int64_t u_ls, const float* delta, int64_t delta_ls, const float* A,
+                  const float* B, const float* C, int64_t bc_ls, const float* D, const float* z, int64_t z_ls,
+                  const float* delta_bias, const float* h0, float* y, int64_t y_ls, float* last, int64_t b,
+                  int64_t d, int64_t l, bool softplus, int threads) {
+  const int64_t octets = d / kLanes, items = (octets + kOctetsPerItem - 1) / kOctetsPerItem;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t w = 0; w < b * items; ++w) {
+    const int64_t i = w / items, o0 = (w % items) * kOctetsPerItem;
+    const int64_t count = std::min(kOctetsPerItem, octets - o0);
+    v8f h[kOctetsPerItem][N];
+    for (int64_t o = 0; o < count; ++o)
+      for (int lane = 0; lane < kLanes; ++lane)
+        for (int k = 0; k < N; ++k) {
+          const int64_t c = (o0 + o) * kLanes + lane;
+          h[o][k][lane] = h0 ? h0[(i * d + c) * N + k] : 0.0f;
+        }
+    for (int64_t s = 0; s < l; s += kBlockT) {
+      const int64_t e = std::min(l, s + kBlockT);
+      for (int64_t o = 0; o < count; ++o) {
+        const int64_t c0 = (o0 + o) * kLanes;
+        v8f Ak[N], hk[N];
+        for (int k = 0; k < N; ++k) {
+          hk[k] = h[o][k];
+          for (int lane = 0; lane < kLanes; ++lane) Ak[k][lane] = A[(c0 + lane) * N + k];
+        }
+        const v8f bias = delta_bias ? load8(delta_bias + c0) : v8f{}, Dc = D ? load8(D + c0) : v8f{};
+        for (int64_t t = s; t < e; ++t) {
+          const int64_t row = i * l + t;
+          const float *Bt = B + row * bc_ls, *Ct = C + row * bc_ls;
+          const v8f ut = load8(u + row * u_ls + c0), raw = load8(delta + row * delta_ls + c0) + bias;
+          const v8f dt = softplus ? softplus8(raw) : raw, du = dt * ut;
+          v8f acc = Dc * ut;
+#pragma GCC unroll 16
+          for (int k = 0; k < N; ++k) {
+            hk[k] = exp8(dt * Ak[k]) * hk[k] + du * Bt[k];  // h_t = Ā_t h_{t-1} + B̄_t u_t
+            acc += hk[k] * Ct[k];
+          }
+          if (z) {
+            const v8f zt = load8(z + row * z_ls + c0);
+            acc *= zt * sigmoid8(zt);  // · SiLU(z)
+          }
+          store8(y + row * y_ls + c0, acc);
+        }
+        for (int k = 0; k < N; ++k) h[o][k] = hk[k];
+      }
+    }
+    for (int64_t o = 0; o < count; ++o)
+      for (int lane = 0; lane < kLanes; ++lane)
+        for (int k = 0; k < N; ++k) last[(i * d + (o0 + o) * kLanes + lane) * N + k] = h[o][k][lane];
+  }
+}
+
 template <typename T, int N>
 void backward(const ScanArgs& a) {
   const int64_t n = N > 0 ? N : a.n, l = a.l, span = a.chunk, nchunks = (l + span - 1) / span;
@@ -317,6 +380,16 @@ void mk_scan_fwd_f32(const ScanArgs* a) {
   else forward<float, 0>(*a);
 }
 void mk_scan_bwd_f32(const ScanArgs* a) { a->n == 16 ? backward<float, 16>(*a) : backward<float, 0>(*a); }
+// Shapes are checked in Python (ops/scan_cpu.py, scan_rows_fwd) before the call.
+void mk_scan_rows_fwd_f32(const float* u, int64_t u_ls, const float* delta, int64_t delta_ls, const float* A,
+                          const float* B, const float* C, int64_t bc_ls, const float* D, const float* z,
+                          int64_t z_ls, const float* delta_bias, const float* h0, float* y, int64_t y_ls,
+                          float* last, int64_t b, int64_t d, int64_t l, int64_t n, int32_t softplus,
+                          int32_t threads) {
+  if (n == 16 && d % kLanes == 0)
+    forward_rows<16>(u, u_ls, delta, delta_ls, A, B, C, bc_ls, D, z, z_ls, delta_bias, h0, y, y_ls, last, b, d,
+                     l, softplus != 0, threads);
+}
 // fp64 exists for gradcheck, not for speed: one generic instantiation.
 void mk_scan_fwd_f64(const ScanArgs* a) { forward<double, 0>(*a); }
 void mk_scan_bwd_f64(const ScanArgs* a) { backward<double, 0>(*a); }

@@ -7,7 +7,6 @@ from torch import Tensor, nn
 
 from mambakit.ops.mamba2_cpu import rms_norm_gated
 
-
 KERNEL_MIN_ROWS = 16  # rows from which RMSNorm runs the one-pass kernel (decode batches stay below)
 
 

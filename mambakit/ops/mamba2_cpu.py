@@ -21,6 +21,7 @@ from torch import Tensor
 
 from mambakit.ops.conv import causal_conv1d
 from mambakit.ops.cpu_kernels import available, in_place_rows, library, ptr
+from mambakit.ops.registry import needs_grad
 
 _F32 = torch.float32
 MAX_D_CONV = 8  # the conv kernel's limit (as ops/mamba_inner.py's)
@@ -30,10 +31,6 @@ def _kernel_ok(*tensors: Optional[Tensor]) -> bool:
     present = [t for t in tensors if t is not None]
     return (all(t.dtype == _F32 and t.device.type == "cpu" for t in present)
             and available(torch.device("cpu")) is None)
-
-
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def conv_silu_rows_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -59,9 +56,9 @@ def conv_silu_rows(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, sta
     if state is not None and tuple(state.shape) != (b, d, k - 1):
         raise ValueError(f"conv_silu_rows: state must have shape {(b, d, k - 1)}, got {tuple(state.shape)}")
     if (reset is not None or not 2 <= k <= MAX_D_CONV or l == 0 or not _kernel_ok(x, weight, bias, state)
-            or _needs_grad(state)):
+            or needs_grad(state)):
         return conv_silu_rows_ref(x, weight, bias, state, reset)
-    if _needs_grad(x, weight, bias):
+    if needs_grad(x, weight, bias):
         return _ConvSiluRows.apply(x, weight, bias, state)
     return _conv_silu_rows_fwd(x, weight, bias, state)
 
@@ -138,7 +135,7 @@ def rms_norm_gated(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, g
                          f"{tuple(weight.shape)} and {group_size}")
     if y.numel() == 0 or not _kernel_ok(y, z, weight):
         return rms_norm_gated_ref(y, z, weight, eps, group_size, norm_before_gate)
-    if _needs_grad(y, z, weight):
+    if needs_grad(y, z, weight):
         return _RMSNormGated.apply(y, z, weight, float(eps), group_size, bool(norm_before_gate))
     return _rms_norm_gated_fwd(y, z, weight, eps, group_size, norm_before_gate)
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from mambakit.ops import cpu_kernels, scan_cpu
 from mambakit.ops.conv import causal_conv1d
 from mambakit.ops.cpu_kernels import ptr
+from mambakit.ops.registry import needs_grad
 from mambakit.ops.scan import selective_scan_ref
 
 MAX_D_CONV = 8  # the conv kernel's per-thread dw accumulator holds 8 taps
@@ -264,10 +265,7 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_
         raise ValueError(f"mamba_inner: the CPU kernels are not available: {reason}")
     check_mamba_inner_inputs(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                              out_weight, out_bias)
-    # (needs_input_grad inside a Function is True for any input with requires_grad, even under
-    # no_grad: the choice between training and inference has to be made here.)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (
-            xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D, out_weight, out_bias)):
+    if needs_grad(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D, out_weight, out_bias):
         return _MambaInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                                  out_weight, out_bias)
     y = _infer(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D)[0]
@@ -293,9 +291,8 @@ def mamba_inner_continue(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Te
         if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
             raise ValueError(f"mamba_inner: {name} must be a contiguous fp32 CPU tensor of shape {shape}, "
                              f"got {tuple(t.shape)} {t.dtype} on {t.device}")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (
-            xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D, out_weight, out_bias,
-            conv_state, ssm_state)):
+    if needs_grad(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D, out_weight,
+                  out_bias, conv_state, ssm_state):
         raise ValueError("mamba_inner_continue is inference-only: run it under torch.no_grad() or "
                          "torch.inference_mode()")
     conv_out = torch.empty_like(conv_state)

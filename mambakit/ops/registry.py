@@ -13,6 +13,13 @@ from typing import Callable, Optional
 import torch
 
 
+def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether an op on these inputs will be differentiated: the fused ops keep what a backward needs
+    only then. Decided before an autograd.Function is applied: inside its forward, grad mode is off
+    and ctx.needs_input_grad is True for every input that requires grad, even under no_grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 @dataclass
 class Backend:
     """An implementation of an op. `available(device)` returns None if usable, else why not."""

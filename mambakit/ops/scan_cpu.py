@@ -14,6 +14,7 @@ from torch import Tensor
 
 from mambakit.ops import cpu_kernels
 from mambakit.ops.cpu_kernels import ScanArgs, available, ptr
+from mambakit.ops.registry import needs_grad
 from mambakit.ops.scan import ScanBackend, register_backend
 
 CHUNK = 64  # checkpoint interval T: backward memory b·d·n·l/T, recompute buffers T·n per thread
@@ -71,7 +72,7 @@ def scan_rows_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
     for name, t in named.items():
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
             fail(f"{name} must be fp32 on the CPU, got {t.dtype} on {t.device}")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in named.values()):
+    if needs_grad(*named.values()):
         fail("inference only: run it under torch.no_grad() or torch.inference_mode()")
     y, last = u.new_empty(b, l, d), u.new_empty(b, d, n)
     cpu_kernels.library().mk_scan_rows_fwd_f32(
@@ -85,12 +86,12 @@ class _FusedScan(torch.autograd.Function):
     """Inputs already in the compute dtype and contiguous; B, C as (b, g, l, n)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, reset, softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, reset, softplus, keep):
         b, d, l = u.shape
         g, n = B.shape[1], A.shape[1]
         out = torch.empty_like(u)                                           # (b, d, l)
         last = u.new_empty(b, d, n)                                         # (b, d, n)
-        ckpt = u.new_empty(b, d, -(-l // CHUNK), n) if any(ctx.needs_input_grad) else None
+        ckpt = u.new_empty(b, d, -(-l // CHUNK), n) if keep else None      # only for a backward
         # v = C·h + D u before the gate, kept for dz so the backward skips recomputing C·h.
         v = torch.empty_like(u) if ckpt is not None and z is not None else None
         # No more threads than channels: each thread gets its own dB/dC partial in the backward.
@@ -118,7 +119,7 @@ class _FusedScan(torch.autograd.Function):
               dB=partial[0], dC=partial[1], dD=dD, dz=dz, dh0=dh0, **dims)
         dB, dC = partial.sum(1)                                             # (b, g, l, n) each
         return (du, ddelta, dA.sum(0), dB, dC, None if D is None else dD.sum(0), dz,
-                None if delta_bias is None else ddelta.sum((0, 2)), dh0, None, None)
+                None if delta_bias is None else ddelta.sum((0, 2)), dh0, None, None, None)
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -143,7 +144,8 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     flags = None if reset is None else reset.to(torch.uint8).contiguous()   # (b, l)
     out, last = _FusedScan.apply(prep(u), prep(delta), prep(A), bc_layout(B), bc_layout(C), prep(D),
                                  prep(z), prep(delta_bias), prep(initial_state), flags,
-                                 bool(delta_softplus))
+                                 bool(delta_softplus),
+                                 needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state))
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out
 

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mambakit.ops.registry import needs_grad
 from mambakit.ops.scan import ScanBackend, check_scan_inputs, register_backend
 
 CHUNK = 64     # checkpoint interval T: backward memory b·d·n·l/T
@@ -67,7 +68,7 @@ class _TritonScan(torch.autograd.Function):
     """Inputs contiguous in their own dtypes; B, C as (b, g, n, l); reset as uint8 (b, l)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, reset, softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, reset, softplus, keep):
         from mambakit.ops.triton_kernels.scan import selective_scan_fwd_kernel
 
         b, d, l = u.shape
@@ -77,7 +78,7 @@ class _TritonScan(torch.autograd.Function):
         n_chunks = -(-l // chunk)
         out = torch.empty_like(u)                                         # (b, d, l)
         last = u.new_empty(b, d, n, dtype=acc)                            # (b, d, n)
-        save = any(ctx.needs_input_grad)
+        save = keep
         ckpt = u.new_empty(b, d, n_chunks, n, dtype=acc) if save else last  # h at chunk starts
         grid = (b, g, -(-(d // g) // BLOCK_D))
         dummy = last  # stands in for absent optional tensors (never read: their flag is off)
@@ -118,7 +119,7 @@ class _TritonScan(torch.autograd.Function):
                 dC.to(C.dtype), None if D is None else dD.sum(0).to(D.dtype),
                 None if z is None else dz.to(z.dtype),
                 None if delta_bias is None else ddelta.sum((0, 2)).to(delta_bias.dtype),
-                dh0 if ctx.has_h0 else None, None, None)
+                dh0 if ctx.has_h0 else None, None, None, None)
 
 
 def _or(t: Optional[Tensor], default: Tensor) -> Tensor:
@@ -147,7 +148,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     flags = None if reset is None else reset.to(torch.uint8).contiguous()  # (b, l)
     out, last = _TritonScan.apply(prep(u), prep(delta), prep(A), groups(B), groups(C), prep(D),
                                   prep(z), prep(delta_bias), prep(initial_state), flags,
-                                  bool(delta_softplus))
+                                  bool(delta_softplus),
+                                  needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state))
     return (out, last) if return_last_state else out
 
 

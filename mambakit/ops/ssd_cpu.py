@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mambakit.ops.cpu_kernels import available
+from mambakit.ops.registry import needs_grad
 from mambakit.ops.ssd import (
     NO_LIMIT,
     Backend,
@@ -65,8 +66,7 @@ def ssd_scan_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_s
     ct = compute_dtype(x)
     if ct != torch.float32:
         return ssd_scan_chunked(x, dt, A, B, C, chunk_size, **kwargs)
-    inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+    if needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states):
         return ssd_scan_chunked(x, dt, A, B, C, chunk_size, fused=True, **kwargs)
 
     b, l, h, p = x.shape

@@ -1,7 +1,7 @@
 """PackedLinear: an nn.Linear whose weight is stored fp32, bf16 or int8 (per-output-channel scale)
 and applied by `ops.linear`, which streams the weight once per decode step (ops/step_cpu.py).
-The weight is placed on transparent huge pages where the OS allows (ops/hugepages.py): the
-stream then needs a TLB entry per 2 MB instead of per 4 KB."""
+`mambakit.quantize` then lays every streamed weight out in one buffer on transparent huge pages,
+in reading order (ops/hugepages.py): the stream needs a TLB entry per 2 MB instead of per 4 KB."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,7 +9,6 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from mambakit.ops.hugepages import on_huge_pages
 from mambakit.ops.linear import linear
 
 FORMATS = ("fp32", "bf16", "int8")
@@ -25,8 +24,8 @@ def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
 
 class PackedLinear(nn.Module):
     """y = x Wᵀ + b with W in `fmt`; activations keep their dtype. fp32 keeps the very Parameter
-    it was given (ties and training still work; only its storage moves to huge pages, values
-    unchanged); bf16 is a bf16 copy; int8 buffers are not trained."""
+    it was given (ties and training still work); bf16 is a bf16 copy; int8 buffers are not
+    trained."""
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], fmt: str):
         super().__init__()
@@ -37,16 +36,13 @@ class PackedLinear(nn.Module):
         self.scale: Optional[Tensor]
         if fmt == "int8":
             w8, scale = quantize_int8(weight)
-            self.register_buffer("weight", on_huge_pages(w8))
+            self.register_buffer("weight", w8)
             self.register_buffer("scale", scale)
         elif fmt == "fp32":
-            with torch.no_grad():
-                weight.data = on_huge_pages(weight.data)
             self.weight = weight
             self.scale = None
         else:
-            self.weight = nn.Parameter(on_huge_pages(weight.detach().to(torch.bfloat16)),
-                                       requires_grad=weight.requires_grad)
+            self.weight = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=weight.requires_grad)
             self.scale = None
         self.bias = bias
 

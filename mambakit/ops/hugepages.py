@@ -4,8 +4,8 @@ Decoding one token reads every weight once (516 MB at fp32 for a 130M Mamba), so
 bytes over memory bandwidth. With 4 KB pages that stream crosses a page, and needs a TLB entry,
 every 4 KB; with 2 MB pages, once per 2 MB. Linux gives anonymous memory huge pages only where
 asked (`/sys/kernel/mm/transparent_hugepage/enabled` is usually "madvise"), and only to memory
-advised before it is first touched, so a weight is copied into a fresh buffer whose 2 MB-aligned
-interior is advised MADV_HUGEPAGE first. Measured on one Zen 3 core streaming an fp32 GEMV from
+advised before it is first touched, so the weights are copied into a fresh buffer whose 2 MB-aligned
+interior is advised MADV_HUGEPAGE first (once, by `mambakit.quantize`). Measured on one Zen 3 core streaming an fp32 GEMV from
 DRAM: about 10-20% more bandwidth than the same copy on 4 KB pages.
 
 Values, dtype and shape are unchanged; only the memory moves. Where huge pages are unavailable
@@ -39,23 +39,6 @@ def _madvise():
         return None
     fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
     return fn
-
-
-def on_huge_pages(t: Tensor) -> Tensor:
-    """A contiguous copy of the CPU tensor `t` starting on a 2 MB boundary, its whole 2 MB pages
-    advised MADV_HUGEPAGE before the copy touches them (the tail under 2 MB stays on small pages);
-    `t` itself when that cannot help (see the module docstring). Not differentiable: for weights."""
-    madvise = _madvise()
-    nbytes = t.numel() * t.element_size()
-    if madvise is None or t.device.type != "cpu" or nbytes < HUGE_PAGE:
-        return t
-    buf = torch.empty(nbytes + HUGE_PAGE, dtype=torch.uint8)           # untouched until the copy
-    offset = -buf.data_ptr() % HUGE_PAGE
-    if madvise(buf.data_ptr() + offset, nbytes // HUGE_PAGE * HUGE_PAGE, _MADV_HUGEPAGE) != 0:
-        return t
-    out = buf[offset:offset + nbytes].view(t.dtype).view(t.shape)      # keeps `buf` alive
-    out.copy_(t.detach())
-    return out
 
 
 def together_on_huge_pages(tensors: list[Tensor], align: int = 64) -> list[Tensor]:

@@ -1,25 +1,21 @@
-"""ops/hugepages.py: a weight moved onto transparent huge pages keeps its values, dtype and shape,
-and PackedLinear's fp32 weight stays the very Parameter (ties hold) after the move."""
+"""ops/hugepages.py: weights moved onto transparent huge pages keep their values, dtypes and shapes;
+quantize() lays a model's streamed weights out in reading order in one buffer, with one copy, and
+PackedLinear's fp32 weight stays the very Parameter (ties hold)."""
 import pytest
 import torch
 
 from mambakit.modules.linear import PackedLinear
-from mambakit.ops.hugepages import HUGE_PAGE, _madvise, on_huge_pages, together_on_huge_pages
+from mambakit.ops.hugepages import HUGE_PAGE, _madvise, together_on_huge_pages
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
-def test_copy_keeps_values_and_starts_on_a_huge_page(dtype):
+def test_one_tensor_keeps_values_and_starts_on_a_huge_page(dtype):
     t = (torch.randn(2100, 1027) * 50).to(dtype)                     # > 2 MB at every dtype, odd tail
-    moved = on_huge_pages(t)
+    (moved,) = together_on_huge_pages([t])
     assert moved.dtype == t.dtype and moved.shape == t.shape and moved.is_contiguous()
     assert torch.equal(moved, t)
     if _madvise() is not None:
         assert moved.data_ptr() % HUGE_PAGE == 0 and moved.data_ptr() != t.data_ptr()
-
-
-def test_small_tensors_stay_where_they_are():
-    t = torch.randn(10, 10)
-    assert on_huge_pages(t) is t
 
 
 def test_packed_fp32_keeps_the_parameter_and_its_tie():
@@ -71,3 +67,22 @@ def test_quantize_lays_the_decode_weights_out_in_reading_order(fmt):
              model.backbone.layers[1].mixer.in_proj.weight, model.lm_head.weight]
     assert len({t.untyped_storage().data_ptr() for t in order}) == 1
     assert [t.data_ptr() for t in order] == sorted(t.data_ptr() for t in order)
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8"])
+def test_quantize_copies_each_weight_once(fmt, monkeypatch):
+    """PackedLinear keeps its weight where the format conversion left it (fp32: the very storage);
+    quantize() moves the streamed weights once, together, into the reading-order buffer."""
+    from mambakit import MambaConfig, MambaLM, quantize
+    from mambakit.models import quantize as quantize_module
+
+    calls = []
+    real = quantize_module.together_on_huge_pages
+    monkeypatch.setattr(quantize_module, "together_on_huge_pages", lambda ts: calls.append(len(ts)) or real(ts))
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=64, n_layer=2, vocab_size=3000)).eval()
+    linear = torch.nn.Linear(1100, 600)                                # 2.6 MB: big enough to be moved
+    if fmt == "fp32":
+        assert PackedLinear.from_linear(linear, fmt).weight.data_ptr() == linear.weight.data_ptr()
+    quantize(model, fmt)
+    assert calls == [2 * 4 + 1]                       # in_proj, x_proj, dt_proj, out_proj per layer, lm_head

@@ -12,16 +12,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mambakit.ops.registry import Backend
+from mambakit.ops.cpu_kernels import in_place_rows
+from mambakit.ops.registry import Backend, needs_grad
 from mambakit.ops.scan_triton import acc_dtype, available, pow2
 from mambakit.ops.state_update import REGISTRY, check_state_update_inputs, selective_state_update_ref
 
 BLOCK_D = 32  # channels per program; d = 1536 gives 48 programs per batch row
-
-
-def _rows(t: Tensor) -> Tensor:
-    """t with a stride-1 last dimension (views into matmul outputs pass through without a copy)."""
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -29,8 +25,7 @@ def state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tens
                         dt_bias: Optional[Tensor] = None, dt_softplus: bool = False) -> tuple[Tensor, Tensor]:
     """selective_state_update in one kernel launch; same contract as the reference."""
     check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (state, x, dt, A, B, C, D, z, dt_bias)):
+    if needs_grad(state, x, dt, A, B, C, D, z, dt_bias):
         return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     reason = available(state.device)
     if reason is not None:
@@ -39,8 +34,9 @@ def state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tens
 
     b, d, n = state.shape
     ct = torch.promote_types(torch.promote_types(x.dtype, torch.float32), state.dtype)  # as the ref
-    x, dt, B, C = _rows(x), _rows(dt), _rows(B), _rows(C)
-    z = None if z is None else _rows(z)
+    # stride-1 rows (views into matmul outputs pass through without a copy)
+    x, dt, B, C = (in_place_rows(t, t.dim() - 1) for t in (x, dt, B, C))
+    z = None if z is None else in_place_rows(z, z.dim() - 1)
     B3, C3 = (B, C) if B.dim() == 3 else (B[:, None], C[:, None])          # (b, g, n)
     y, new_state = x.new_empty(b, d), state.new_empty(b, d, n, dtype=ct)
     state, A = state.contiguous(), A.contiguous()

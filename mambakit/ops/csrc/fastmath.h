@@ -30,6 +30,26 @@ inline float exp_(float x) {
 }
 inline double exp_(double x) { return std::exp(x); }
 
+// GCC vector extensions at the widest width the target has (64 bytes with AVX-512, 32 with AVX,
+// else 16): one source for every ISA, so the logic tests check on an AVX2 machine is the logic an
+// AVX-512 one runs (the GEMV and the SSD chunk kernels). -std=gnu++17 contracts a * b + c into
+// FMAs where the target has them.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+constexpr int64_t kVecLanes = kVecBytes / 4;
+typedef float VecF __attribute__((vector_size(kVecBytes)));
+inline VecF loadv(const float* p) {
+  VecF v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void storev(float* p, VecF v) { std::memcpy(p, &v, sizeof v); }
+
 // exp_ on eight floats at once (GCC vector extension: one AVX register, AVX2 or AVX-512
 // machines alike), for kernels that keep vectors in named variables rather than `omp simd` loops.
 typedef float v8f __attribute__((vector_size(32)));

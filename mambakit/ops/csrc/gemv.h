@@ -21,6 +21,8 @@
 #include <cstring>
 #include <vector>
 
+#include "fastmath.h"
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -32,18 +34,10 @@ namespace {  // internal linkage: each translation unit that includes this gets 
 constexpr int64_t kBlock = 32;  // int8 path: values of x per quantization block (q8_0's)
 
 // ---- fp32 and bf16 weights: fp32 arithmetic ---------------------------------------------------
-// GCC vector extensions at the widest width the target has (64 bytes with AVX-512, 32 with AVX,
-// else 16): one source for every ISA, so the logic tests check on an AVX2 machine is the logic an
-// AVX-512 one runs. -std=gnu++17 contracts a * b + c into FMAs where the target has them.
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
-constexpr int64_t kLanes = kVecBytes / 4;
-typedef float VecF __attribute__((vector_size(kVecBytes)));
+// On the widest vectors the target has (fastmath.h's VecF).
+using mk::kVecBytes;
+using mk::VecF;
+constexpr int64_t kLanes = mk::kVecLanes;
 typedef uint16_t VecH __attribute__((vector_size(kVecBytes / 2)));
 typedef uint32_t VecU __attribute__((vector_size(kVecBytes)));
 
@@ -54,11 +48,7 @@ inline float to_f32(uint16_t w) {  // bf16 bits -> fp32
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
-inline VecF load(const float* p) {
-  VecF v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+inline VecF load(const float* p) { return mk::loadv(p); }
 inline VecF load(const uint16_t* p) {  // kLanes bf16 -> fp32: bf16 is the top half of an fp32
 #if defined(__AVX512F__)  // one widening load (the generic form compiles to two half-width ones)
   return (VecF)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);

@@ -62,23 +62,7 @@ struct Problem {
   float dt_lo, dt_hi;
 };
 
-// GCC vector extensions at the widest width the target has (as gemv.h): one source for every ISA.
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
-constexpr int64_t kLanes = kVecBytes / 4;
-typedef float VecF __attribute__((vector_size(kVecBytes)));
-
-inline VecF loadv(const float* p) {
-  VecF v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void storev(float* p, VecF v) { std::memcpy(p, &v, sizeof v); }
+constexpr int64_t kLanes = kVecLanes;  // floats per VecF (fastmath.h): the widest vector the target has
 
 // out (R × NV·kLanes) = beta · out + A (R × K) · Bm (K × NV·kLanes), A[i, k] at A[i·ars + k·acs]
 // (acs != 1 reads A transposed, e.g. Bᵀ straight from B's rows); beta = 0 never reads out.

@@ -227,10 +227,13 @@ class _MambaInner(torch.autograd.Function):
 def check_mamba_inner_inputs(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
                              x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_bias: Tensor, A_log: Tensor,
                              D: Tensor, out_weight: Tensor, out_bias: Optional[Tensor]) -> None:
-    """Every shape, dtype, device and layout the kernels assume, checked before the call."""
+    """The CPU kernels present, and every shape, dtype, device and layout they assume, checked before the call."""
     def fail(msg: str):
         raise ValueError(f"mamba_inner: {msg}")
 
+    reason = cpu_kernels.available(xz.device)
+    if reason is not None:
+        fail(f"the CPU kernels are not available: {reason}")
     named = dict(xz=xz, conv_weight=conv_weight, conv_bias=conv_bias, x_proj_weight=x_proj_weight,
                  dt_proj_weight=dt_proj_weight, dt_bias=dt_bias, A_log=A_log, D=D, out_weight=out_weight,
                  out_bias=out_bias)
@@ -260,9 +263,6 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], x_
                 out_bias: Optional[Tensor] = None) -> Tensor:
     """`mamba_inner_ref` through the fused CPU kernels (fp32, contiguous inputs; see the module
     docstring); raises ValueError if they are unavailable or an input does not fit."""
-    reason = cpu_kernels.available(xz.device)
-    if reason is not None:
-        raise ValueError(f"mamba_inner: the CPU kernels are not available: {reason}")
     check_mamba_inner_inputs(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                              out_weight, out_bias)
     if needs_grad(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D, out_weight, out_bias):
@@ -280,9 +280,6 @@ def mamba_inner_continue(xz: Tensor, conv_weight: Tensor, conv_bias: Optional[Te
     (no autograd): conv_state (b, d, k - 1), ssm_state (b, d, n), contiguous fp32. Returns (out
     (b, l, d_model), the conv state and the SSM state after xz's last step), new tensors. Its twin
     is the mixer's unfused path (ops.causal_conv1d and the scan with initial and final states)."""
-    reason = cpu_kernels.available(xz.device)
-    if reason is not None:
-        raise ValueError(f"mamba_inner: the CPU kernels are not available: {reason}")
     check_mamba_inner_inputs(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A_log, D,
                              out_weight, out_bias)
     b, l, d2 = xz.shape

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mambakit.ops import cpu_kernels
-from mambakit.ops.cpu_kernels import ScanArgs, available, ptr
+from mambakit.ops.cpu_kernels import ScanArgs, available, in_place_rows, ptr
 from mambakit.ops.registry import needs_grad
 from mambakit.ops.scan import ScanBackend, register_backend
 
@@ -57,18 +57,16 @@ def scan_rows_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
     for name, (t, width) in rows.items():
         if t is not None and tuple(t.shape) != (b, l, width):
             fail(f"{name} must be ({b}, {l}, {width}), got {tuple(t.shape)}")
-    # The kernel addresses row t of batch i at i·l·stride + t·stride: other layouts are copied.
-    in_place = lambda t: t is None or (t.stride(2) == 1 and t.stride(1) >= t.shape[2]
-                                       and t.stride(0) == l * t.stride(1))
-    u, delta, z = (t if in_place(t) else t.contiguous() for t in (u, delta, z))
-    if not (in_place(B) and in_place(C) and B.stride(1) == C.stride(1)):
+    # The kernel addresses row t of batch i at (i·l + t)·stride, B and C at one stride: other
+    # layouts are copied.
+    u, delta, B, C, z = (None if t is None else in_place_rows(t, 2, one_stride=True) for t in (u, delta, B, C, z))
+    if B.stride(1) != C.stride(1):
         B, C = B.contiguous(), C.contiguous()
-    rows = dict(u=(u, d), delta=(delta, d), B=(B, n), C=(C, n), z=(z, d))
     flat = dict(A=(A, (d, n)), D=(D, (d,)), delta_bias=(delta_bias, (d,)), initial_state=(initial_state, (b, d, n)))
     for name, (t, shape) in flat.items():
         if t is not None and (tuple(t.shape) != shape or not t.is_contiguous()):
             fail(f"{name} must be contiguous {shape}, got {tuple(t.shape)}")
-    named = {**{k: v[0] for k, v in rows.items()}, **{k: v[0] for k, v in flat.items()}}
+    named = dict(u=u, delta=delta, B=B, C=C, z=z, A=A, D=D, delta_bias=delta_bias, initial_state=initial_state)
     for name, t in named.items():
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
             fail(f"{name} must be fp32 on the CPU, got {t.dtype} on {t.device}")

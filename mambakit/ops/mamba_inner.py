@@ -62,12 +62,14 @@ def conv1d_silu(xz: Tensor, weight: Tensor, bias: Optional[Tensor], lib=None, st
     b, l, d2 = xz.shape
     d, k = weight.shape
     threads = torch.get_num_threads()
-    u, scratch = xz.new_empty(b, d, l), _conv_scratch(xz, k, threads, 2)   # held for the call
-    strides = (l * d, 1, d) if time_major else (d * l, l, 1)               # u's batch, channel, time
+    if time_major:  # the kernel's row path: no scratch
+        u, scratch, strides = xz.new_empty(b, l, d), None, (l * d, 1, d)     # u's batch, channel, time strides
+    else:
+        u, scratch, strides = xz.new_empty(b, d, l), _conv_scratch(xz, k, threads, 2), (d * l, l, 1)
     (lib or cpu_kernels.library()).mk_conv1d_silu_fwd_f32(
         ptr(xz), l * d2, d2, ptr(state), ptr(weight), ptr(bias), ptr(u), *strides, ptr(state_out),
-        ptr(scratch), b, d, l, k, threads)
-    return u.view(b, l, d) if time_major else u
+        ptr(scratch), b, d, l, k, threads)                                  # scratch held for the call
+    return u
 
 
 def conv1d_silu_backward(xz: Tensor, weight: Tensor, bias: Optional[Tensor], du: Tensor, dxz: Tensor,

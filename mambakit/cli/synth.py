@@ -20,7 +20,11 @@ FIELDS = {"d_model": "d_model", "n_layer": "n_layer", "budget_params": "budget_p
           "batch_size": "batch_size", "lr": "lr", "warmup": "warmup_steps", "weight_decay": "weight_decay",
           "loss_on": "loss_on", "then": "then", "time_budget": "time_budget", "checkpoint_every": "checkpoint_every",
           "eval_lengths": "eval_lengths", "eval_samples": "eval_samples", "eval_batch_size": "eval_batch_size",
-          "eval_chunk": "eval_chunk", "eval_max_tokens": "eval_max_tokens", "seed": "seed", "device": "device"}
+          "eval_chunk": "eval_chunk", "eval_max_tokens": "eval_max_tokens", "stop_at": "stop_at",
+          "seed": "seed", "device": "device"}
+# mqar-sweep's own defaults: Zoology's figure 2 tries learning rates per point and stops at 99%
+SWEEP_LRS = [1e-3, 1e-2]
+SWEEP_STOP_AT = 0.99
 
 
 def stage_arg(text: str) -> tuple[int, int]:
@@ -55,14 +59,19 @@ def add_parser(sub) -> None:
     p.add_argument("--model-field", action="append", default=[], metavar="KEY=VALUE",
                    help="another model config field, e.g. d_state=8 or positions=learned, or for one model of "
                         "several: transformer:n_head=4 (repeatable)")
-    p.add_argument("--vocab-size", type=positive_int, help="token ids, special ones included (default: 16; mqar 1024)")
+    p.add_argument("--vocab-size", type=positive_int, help="token ids, special ones included (default: 16; mqar 64)")
     p.add_argument("--num-tokens", type=positive_int,
-                   help="selective copying: data tokens (default: 16); mqar: key-value pairs (default: 8)")
+                   help="selective copying: data tokens (default: 16); mqar: key-value pairs (default: 4)")
     p.add_argument("--seq-len", type=positive_int,
-                   help="training length (default: selective copying 128, induction heads 64, mqar 128)")
+                   help="training length (default: selective copying 128, induction heads 64, mqar 64)")
     p.add_argument("--steps", type=positive_int, help="optimizer steps (default: selective copying 6000, "
-                                                      "induction heads 2000, mqar 3000; table1's no-gate rows "
+                                                      "induction heads 2000, mqar 2000; table1's no-gate rows "
                                                       "train twice --steps)")
+    p.add_argument("--random-fillers", action="store_true",
+                   help="mqar: random ids between the queries (Zoology's random_non_queries) instead of 0")
+    p.add_argument("--stop-at", type=finite_float, metavar="ACCURACY",
+                   help="stop training once a validation batch reaches this accuracy, e.g. 0.99 "
+                        f"(default: none; mqar-sweep {SWEEP_STOP_AT}, as Zoology)")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: 32)")
     p.add_argument("--lr", type=finite_float, help="peak learning rate (default: 3e-3)")
     p.add_argument("--constant-lr", action="store_true", help="no cosine decay after warmup")
@@ -88,7 +97,11 @@ def add_parser(sub) -> None:
                    help="table1: only these rows (s4 s6 mamba-s4d mamba); rows checkpoint under --out, so a "
                         "later full run picks finished ones up (e.g. two processes, two rows each)")
     p.add_argument("--widths", type=positive_int, nargs="+", default=[64, 128, 256], help="mqar-sweep widths")
-    p.add_argument("--lengths", type=positive_int, nargs="+", default=[64, 128, 256, 512], help="mqar-sweep lengths")
+    p.add_argument("--lengths", type=positive_int, nargs="+", default=[64, 128, 256],
+                   help="mqar-sweep lengths (default: figure 2's 64 128 256, with length/16 key-value pairs)")
+    p.add_argument("--lrs", type=finite_float, nargs="+",
+                   help=f"mqar-sweep: learning rates each point tries, the best reported (default: "
+                        f"{' '.join(f'{lr:g}' for lr in SWEEP_LRS)}; --lr: that one alone)")
     p.add_argument("--threads", type=threads_arg, default="auto",
                    help="intra-op threads, or auto: 1 on a busy machine unless OMP_WAIT_POLICY=PASSIVE (default)")
     p.add_argument("--seed", type=seed_int)
@@ -132,6 +145,10 @@ def base_config(args: argparse.Namespace, task: str):
     given = {field: getattr(args, flag) for flag, field in FIELDS.items() if getattr(args, flag) is not None}
     if args.constant_lr:
         given["min_lr_ratio"] = 1.0
+    if args.random_fillers:
+        if task != "mqar":
+            raise ValueError("--random-fillers is an MQAR setting")
+        given["random_fillers"] = True
     if args.out:
         given["checkpoint_dir"] = str(Path(args.out) / "checkpoints")
     fields = parse_model_fields(args.model_field)[0]
@@ -245,8 +262,14 @@ def _mqar_sweep(args, out, progress) -> int:
 
     models = args.model or [m for m in ("mamba", "transformer", "s4d", "gru", "mamba2") if m in REGISTRY]
     base = base_config(args, "mqar")
-    sweep = run_mqar_sweep(base, models, args.widths, args.lengths, fields_for(args, models),
-                           on_point=lambda cfg: progress(f"mqar {cfg.model} d{cfg.d_model} L{cfg.seq_len}", cfg.total_steps))
+    if args.stop_at is None:
+        base = dataclasses.replace(base, stop_at=SWEEP_STOP_AT)
+    if args.lrs is not None and args.lr is not None:
+        raise ValueError("give --lrs (several learning rates) or --lr (one), not both")
+    lrs = args.lrs or (None if args.lr is not None else SWEEP_LRS)
+    sweep = run_mqar_sweep(base, models, args.widths, args.lengths, fields_for(args, models), lrs=lrs,
+                           on_point=lambda cfg: progress(f"mqar {cfg.model} d{cfg.d_model} L{cfg.seq_len} "
+                                                         f"lr {cfg.lr:g}", cfg.total_steps))
     if out is not None:
         atomic_write_text(out / "mqar-sweep.json", json.dumps(sweep, indent=2) + "\n")
         plot_mqar_sweep(sweep["points"], out / "mqar-sweep.png")
@@ -259,7 +282,7 @@ def _mqar_sweep(args, out, progress) -> int:
         for model in models:
             acc = {p["d_model"]: p["accuracy"] for p in sweep["points"] if p["seq_len"] == length and p["model"] == model}
             rows.append([str(length), model] + [f"{acc[w]:.3f}" if acc.get(w) is not None else "n/a" for w in widths])
-    print("MQAR accuracy (Zoology fig. 2): rows length x model, columns width")
+    print("MQAR accuracy (Zoology fig. 2), best learning rate: rows length x model, columns width")
     print_table(["length", "model"] + [f"d={w}" for w in widths], rows)
     return 0
 

@@ -16,8 +16,11 @@ from torch import Tensor
 from mambakit.models import LanguageModel
 from mambakit.tasks.common import IGNORE_INDEX, seeded
 
-# Evaluation batches come from their own stream, far from any training seed's.
+# Evaluation batches come from their own stream, far from any training seed's, and the
+# validation batches that decide an early stop (SynthConfig.stop_at) from another.
 EVAL_SEED_OFFSET = 1_000_000_007
+VALIDATION_SEED_OFFSET = 2_000_000_011
+VALIDATION_SAMPLES = 128
 
 
 def length_limit(model: LanguageModel) -> Optional[int]:
@@ -69,9 +72,11 @@ def eval_samples_at(cfg, seq_len: int) -> int:
 
 
 @torch.no_grad()
-def evaluate_synth(model: LanguageModel, cfg, seq_len: int) -> dict:
+def evaluate_synth(model: LanguageModel, cfg, seq_len: int, stream: int = EVAL_SEED_OFFSET,
+                   samples: Optional[int] = None) -> dict:
     """Accuracy on held-out sequences of length `seq_len`: the fraction of scored positions
-    predicted exactly (argmax), and of sequences with every scored position right."""
+    predicted exactly (argmax), and of sequences with every scored position right. `stream` picks
+    the held-out data (cfg.seed + stream); `samples` overrides cfg's count."""
     limit = length_limit(model)
     reason = None
     if limit is not None and seq_len > limit:
@@ -83,8 +88,9 @@ def evaluate_synth(model: LanguageModel, cfg, seq_len: int) -> dict:
                 "sequence_accuracy": None, "samples": 0, "reason": reason}
     was_training = model.training
     model.eval()
-    generator = seeded(cfg.seed + EVAL_SEED_OFFSET)
-    samples, batch = eval_samples_at(cfg, seq_len), cfg.resolved_eval_batch_size
+    generator = seeded(cfg.seed + stream)
+    samples = eval_samples_at(cfg, seq_len) if samples is None else samples
+    batch = cfg.resolved_eval_batch_size
     right = scored = solved = 0
     for start in range(0, samples, batch):
         inputs, targets = cfg.sample(min(batch, samples - start), seq_len, generator)

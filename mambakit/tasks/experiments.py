@@ -64,23 +64,39 @@ def run_table1(base: SynthConfig, on_row: Optional[Callable[[str, SynthConfig], 
 def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], lengths: list[int],
                    model_fields: Optional[dict[str, dict]] = None,
                    kv_pairs: Optional[Callable[[int], int]] = None,
-                   on_point: Optional[Callable[[SynthConfig], Callable]] = None) -> dict:
+                   on_point: Optional[Callable[[SynthConfig], Callable]] = None,
+                   lrs: Optional[list[float]] = None) -> dict:
     """Zoology's figure 2: every model × width × sequence length on MQAR, evaluated at its training
     length. `model_fields[model]` adds to that model's config fields; `kv_pairs(seq_len)` gives the
-    key-value pairs (default seq_len // 16, at least 1)."""
+    key-value pairs (default seq_len // 16, at least 1, as figure 2).
+
+    Like Zoology, each point trains at every learning rate of `lrs` (default: base.lr alone) and
+    reports the best; the rates are tried in order and, once one reaches base.stop_at, the rest
+    are skipped (nothing left to gain). Each point's "runs" lists every rate tried."""
     if base.task != "mqar":
         raise ValueError(f"the MQAR sweep needs task 'mqar', got {base.task!r}")
     pairs = kv_pairs or (lambda length: max(1, length // 16))
+    rates = list(lrs) if lrs else [base.lr]
     points = []
     for length in lengths:
         for width in widths:
             for model in models:
-                cfg = dataclasses.replace(base, model=model, d_model=width, seq_len=length,
-                                          model_fields={**base.model_fields, **(model_fields or {}).get(model, {})},
-                                          num_tokens=pairs(length), eval_lengths=(),
-                                          checkpoint_dir=_checkpoints(base, f"mqar-{model}-d{width}-l{length}"))
-                result = run_synth(cfg, on_point(cfg) if on_point is not None else None)
+                runs = []
+                for lr in rates:
+                    name = f"mqar-{model}-d{width}-l{length}" + (f"-lr{lr:g}" if lrs else "")
+                    cfg = dataclasses.replace(base, model=model, d_model=width, seq_len=length, lr=lr,
+                                              model_fields={**base.model_fields, **(model_fields or {}).get(model, {})},
+                                              num_tokens=pairs(length), eval_lengths=(),
+                                              checkpoint_dir=_checkpoints(base, name))
+                    result = run_synth(cfg, on_point(cfg) if on_point is not None else None)
+                    runs.append({"lr": lr, "accuracy": result["eval"][0]["token_accuracy"], "result": result})
+                    if result.get("reached_stop_at"):
+                        break
+                best = max(runs, key=lambda run: run["accuracy"])
                 points.append({"model": model, "d_model": width, "seq_len": length,
-                               "num_kv_pairs": cfg.num_tokens, "accuracy": result["eval"][0]["token_accuracy"],
-                               "result": result})
+                               "num_kv_pairs": best["result"]["config"]["num_tokens"], "lr": best["lr"],
+                               "accuracy": best["accuracy"], "result": best["result"],
+                               "runs": [{k: run[k] for k in ("lr", "accuracy")} |
+                                        {k: run["result"][k] for k in ("steps_done", "train_seconds")}
+                                        for run in runs]})
     return {"points": points}

@@ -27,7 +27,7 @@ from torch import Tensor
 from mambakit.models import LanguageModel, build, from_config, model_class
 from mambakit.models.budget import size_family
 from mambakit.tasks.common import IGNORE_INDEX, require_int, seeded
-from mambakit.tasks.evaluate import evaluate_synth, length_limit
+from mambakit.tasks.evaluate import VALIDATION_SAMPLES, VALIDATION_SEED_OFFSET, evaluate_synth, length_limit
 from mambakit.tasks.induction_heads import check_induction_heads, induction_heads
 from mambakit.tasks.mqar import check_mqar, mqar
 from mambakit.tasks.selective_copying import check_selective_copying, selective_copying
@@ -57,11 +57,17 @@ TASKS: dict[str, Task] = {
         answers=lambda cfg: cfg.vocab_size - 1,
         defaults=dict(seq_len=64, num_tokens=1, steps=2000)),
     "mqar": Task(
-        sample=lambda cfg, b, l, g: mqar(b, l, cfg.num_tokens, cfg.vocab_size, generator=g),
+        sample=lambda cfg, b, l, g: mqar(b, l, cfg.num_tokens, cfg.vocab_size,
+                                         random_non_queries=cfg.random_fillers, generator=g),
         check_length=lambda cfg, l: check_mqar(l, cfg.num_tokens, cfg.vocab_size),
         answers=lambda cfg: cfg.vocab_size - cfg.vocab_size // 2,
-        # Zoology uses vocabulary 8192; 1024 keeps the LM head CPU-sized and still > seq_len.
-        defaults=dict(seq_len=128, num_tokens=8, steps=3000, vocab_size=1024)),
+        # Zoology's figure 2 uses vocabulary 8192 and 64 epochs of 100k sequences in batches of
+        # 512. At a CPU budget (batch 32, a few thousand steps) the vocabulary decides whether
+        # anything is learnt: at L=64 with 4 pairs a Transformer solved it in ~1000 steps with 64
+        # ids and stayed at ~27% after 2000 (128 ids) and 5000 (1024 ids). 64 ids hold the 16
+        # distinct keys that L=256 (16 pairs, figure 2's longest) needs. Zoology's figure 2 sets
+        # the fillers to 0 (random_non_queries=False).
+        defaults=dict(seq_len=64, num_tokens=4, steps=2000, vocab_size=64)),
 }
 
 # Recipes: named settings of a task's experiment, which SynthConfig.recipe(name, task) starts from.
@@ -88,7 +94,7 @@ PAPER_RECIPES = RECIPES["paper"]
 # time budget and device may change).
 TRAINING_FIELDS = ("task", "model", "d_model", "n_layer", "budget_params", "model_fields", "vocab_size",
                    "num_tokens", "seq_len", "batch_size", "lr", "warmup_steps", "min_lr_ratio",
-                   "weight_decay", "grad_clip", "loss_on", "then", "seed")
+                   "weight_decay", "grad_clip", "loss_on", "random_fillers", "then", "seed")
 # SynthConfig fields that size the model; model_fields may not restate them.
 _SIZE_FIELDS = ("d_model", "n_layer", "vocab_size")
 LOSS_ON = ("answers", "all")
@@ -114,11 +120,17 @@ class SynthConfig:
     weight_decay: float = 0.0           # fresh data every step: nothing to overfit, nothing to decay
     grad_clip: float = 1.0
     loss_on: str = "answers"            # "answers": scored positions only; "all": next token everywhere
+    random_fillers: bool = False        # MQAR: uniform random ids between the queries (Zoology's
+                                        # random_non_queries) instead of 0 (its figure 2)
     # after `steps` at seq_len, (length, steps) stages at longer lengths, each batch holding about as
     # many tokens as batch_size x seq_len (at least one sequence): a model whose memory is good
     # enough at seq_len gets no pressure to keep it for longer, and these stages supply it
     then: tuple[tuple[int, int], ...] = ()
     time_budget: Optional[float] = None     # seconds of training; stops early, evaluates what it has
+    # stop once a validation batch (its own seed stream) reaches this accuracy at seq_len, checked
+    # every stop_check_every steps (Zoology stops at 0.99)
+    stop_at: Optional[float] = None
+    stop_check_every: int = 100
     checkpoint_dir: Optional[str] = None    # resumable: checkpoints here, continues from the latest
     checkpoint_every: int = 500
     eval_lengths: Optional[tuple[int, ...]] = None  # lengths tested besides seq_len; None: 2x and 4x
@@ -139,7 +151,8 @@ class SynthConfig:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         for name in ("d_model", "n_layer", "vocab_size", "num_tokens", "seq_len", "steps",
-                     "batch_size", "eval_samples", "checkpoint_every", "eval_chunk", "max_attention_eval_len"):
+                     "batch_size", "eval_samples", "checkpoint_every", "eval_chunk", "max_attention_eval_len",
+                     "stop_check_every"):
             require_int(f"SynthConfig.{name}", getattr(self, name), 1)
         for name in ("eval_batch_size", "eval_max_tokens", "budget_params"):
             if getattr(self, name) is not None:
@@ -151,6 +164,8 @@ class SynthConfig:
                 raise ValueError(f"SynthConfig.{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1 or self.weight_decay < 0:
             raise ValueError("SynthConfig.min_lr_ratio must be in [0, 1] and weight_decay >= 0")
+        if self.stop_at is not None and not 0 < self.stop_at <= 1:
+            raise ValueError(f"SynthConfig.stop_at is an accuracy in (0, 1], got {self.stop_at}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"SynthConfig.time_budget must be > 0 seconds, got {self.time_budget}")
         if self.loss_on not in LOSS_ON:
@@ -219,16 +234,20 @@ class SynthConfig:
         return TASKS[self.task].sample(self, batch_size, seq_len, generator)
 
 
-# Config fields the synthetic tasks give a model unless model_fields says otherwise. GPT-2's
+# Config fields each synthetic task gives a model unless model_fields says otherwise. GPT-2's
 # N(0, 0.02) token embedding kept our 2-layer d_model-64 Transformer at chance on induction heads
 # (L=64, 2000 steps, 4 heads, RoPE or learned positions, SwiGLU or GELU alike) where N(0, 1) solved
 # it in 500-750 steps, as a plain torch.nn.TransformerEncoder (whose embedding is N(0, 1)) did.
-SYNTH_MODEL_FIELDS: dict[str, dict[str, Any]] = {"transformer": {"embedding_init_std": 1.0}}
+# MQAR is the other way round: with N(0, 1) the loss was still 3.25 after 750 steps at vocabulary
+# 64 (0.39 with 0.02; solved by 1000) and stuck at chance over the values at vocabulary 1024.
+_UNIT_EMBEDDING = {"transformer": {"embedding_init_std": 1.0}}
+SYNTH_MODEL_FIELDS: dict[str, dict[str, dict[str, Any]]] = {
+    "induction-heads": _UNIT_EMBEDDING, "selective-copying": _UNIT_EMBEDDING, "mqar": {}}
 
 
 def build_synth_model(cfg: SynthConfig) -> LanguageModel:
     """A freshly initialised model for `cfg`, the same weights for the same seed."""
-    defaults = SYNTH_MODEL_FIELDS.get(cfg.model, {})
+    defaults = SYNTH_MODEL_FIELDS[cfg.task].get(cfg.model, {})
     with torch.random.fork_rng(devices=[]):         # seed the init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         if cfg.budget_params is not None:
@@ -260,6 +279,7 @@ class TrainState:
     losses: list[float]
     seconds: float
     generator: torch.Generator
+    reached: bool = False       # stopped at cfg.stop_at
 
     def to_json(self) -> dict:
         return {"synth_step": self.step, "losses": self.losses, "seconds": self.seconds,
@@ -296,10 +316,19 @@ def _resume(cfg: SynthConfig, model: LanguageModel, optimizer, state: TrainState
     state.restore(saved)
 
 
+def reached_target(model: LanguageModel, cfg: SynthConfig, step: int) -> bool:
+    """At a check step, whether the validation batch's accuracy at seq_len is cfg.stop_at or more."""
+    if cfg.stop_at is None or step == 0 or step % cfg.stop_check_every:
+        return False
+    check = evaluate_synth(model, cfg, cfg.seq_len, stream=VALIDATION_SEED_OFFSET,
+                           samples=min(cfg.eval_samples, VALIDATION_SAMPLES))
+    return check["token_accuracy"] >= cfg.stop_at
+
+
 def train_synth(model: LanguageModel, cfg: SynthConfig,
                 on_progress: Optional[Callable[[int, int, float], None]] = None) -> TrainState:
-    """AdamW with warmup + cosine (or constant) on fresh batches until cfg.total_steps or cfg.time_budget;
-    calls on_progress(step, steps, loss) after each step. Returns the run's TrainState."""
+    """AdamW with warmup + cosine (or constant) on fresh batches until cfg.total_steps, cfg.time_budget
+    or cfg.stop_at; calls on_progress(step, steps, loss) after each step. Returns the run's TrainState."""
     limit = length_limit(model)
     longest = max([cfg.seq_len] + [length for length, _ in cfg.then])
     if limit is not None and longest > limit:
@@ -313,7 +342,9 @@ def train_synth(model: LanguageModel, cfg: SynthConfig,
     started = time.perf_counter() - state.seconds
     try:
         total = cfg.total_steps
-        while state.step < total:
+        # a resumed run that had stopped at its target stops again: it stopped at a check step
+        state.reached = reached_target(model, cfg, state.step)
+        while state.step < total and not state.reached:
             if cfg.time_budget is not None and time.perf_counter() - started >= cfg.time_budget:
                 break
             for group in optimizer.param_groups:
@@ -337,6 +368,7 @@ def train_synth(model: LanguageModel, cfg: SynthConfig,
                 on_progress(state.step, total, value)
             if cfg.checkpoint_dir is not None and state.step % cfg.checkpoint_every == 0:
                 _checkpoint(cfg, model, optimizer, state)
+            state.reached = reached_target(model, cfg, state.step)
     finally:           # also on Ctrl-C: the run continues from here next time
         if cfg.checkpoint_dir is not None and state.step and state.step % cfg.checkpoint_every:
             _checkpoint(cfg, model, optimizer, state)
@@ -361,5 +393,6 @@ def run_synth(cfg: SynthConfig, on_progress: Optional[Callable[[int, int, float]
             "config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model.config),
             "chance": cfg.chance,
             "steps_done": state.step, "stopped_early": state.step < cfg.total_steps,
+            "reached_stop_at": state.reached,
             "final_loss": sum(tail) / len(tail) if tail else None, "train_seconds": state.seconds,
             "eval_seconds": time.perf_counter() - start, "losses": losses, "eval": evals}

@@ -174,3 +174,77 @@ def test_synth_transformer_takes_the_unit_embedding_init_unless_told_otherwise()
     assert abs(build_synth_model(SynthConfig(model="mamba", **base)).backbone.embedding.weight.std().item() - 0.02) < 0.005
     result = run_synth(SynthConfig(model="transformer", **base))
     assert result["model_config"]["embedding_init_std"] == 1.0
+
+
+def test_mqar_fillers_are_zero_as_zoologys_figure2_unless_random():
+    cfg = SynthConfig(task="mqar")
+    assert (cfg.seq_len, cfg.num_tokens, cfg.vocab_size, cfg.random_fillers) == (64, 4, 64, False)
+    inputs, targets = cfg.sample(8, 64, seeded(5))
+    assert int((inputs[:, 8:] != 0).sum()) == 8 * 4                      # the queries, nothing else
+    noisy, noisy_targets = dataclasses.replace(cfg, random_fillers=True).sample(8, 64, seeded(5))
+    fillers = noisy[:, 8:][noisy_targets[:, 8:] == IGNORE_INDEX]
+    assert (fillers != 0).float().mean() > 0.9 and int(fillers.max()) >= 32     # values' ids among them
+
+
+def test_mqar_transformer_embeds_as_configured_but_induction_heads_takes_the_unit_init():
+    """SYNTH_MODEL_FIELDS is per task: MQAR's Transformer keeps the config's N(0, 0.02)."""
+    mq = build_synth_model(SynthConfig(task="mqar", model="transformer", d_model=64, n_layer=1, steps=1))
+    ih = build_synth_model(SynthConfig(task="induction-heads", model="transformer", d_model=64, n_layer=1, steps=1))
+    assert abs(mq.backbone.embedding.weight.std().item() - 0.02) < 0.005
+    assert abs(ih.backbone.embedding.weight.std().item() - 1.0) < 0.2
+
+
+def test_stop_at_ends_training_at_a_check_step_and_a_resumed_run_stays_stopped(tmp_path, monkeypatch):
+    """stop_at is checked every stop_check_every steps on validation batches of their own stream,
+    not the evaluation's; a run that stopped, run again with more steps, does not train on."""
+    from mambakit.tasks import evaluate, runner
+
+    checks = []                          # (stream, accuracy) of every evaluation, in order
+    real = evaluate.evaluate_synth
+
+    def spy(model, cfg, seq_len, stream=evaluate.EVAL_SEED_OFFSET, samples=None):
+        result = real(model, cfg, seq_len, stream, samples)
+        checks.append((stream, result["token_accuracy"]))
+        return result
+    monkeypatch.setattr(runner, "evaluate_synth", spy)
+    cfg = SynthConfig(**{**TINY, "steps": 60, "stop_at": 1e-9, "stop_check_every": 3,
+                         "checkpoint_dir": str(tmp_path)})
+    result = run_synth(cfg)                      # any correct answer passes
+    validation = [acc for stream, acc in checks if stream == evaluate.VALIDATION_SEED_OFFSET]
+    assert result["reached_stop_at"] and result["stopped_early"]
+    assert result["steps_done"] == 3 * len(validation) < 60          # one check every 3 steps ...
+    assert validation[-1] > 0 and all(acc == 0 for acc in validation[:-1])     # ... until the first hit
+    assert checks[-1][0] == evaluate.EVAL_SEED_OFFSET                # the report: held-out evaluation
+    again = run_synth(dataclasses.replace(cfg, steps=80))
+    assert again["steps_done"] == result["steps_done"] and again["reached_stop_at"]
+    never = run_synth(dataclasses.replace(cfg, stop_at=1.0, checkpoint_dir=None, steps=7))
+    assert never["steps_done"] == 7 and not never["reached_stop_at"]
+    with pytest.raises(ValueError, match="stop_at"):
+        SynthConfig(stop_at=1.5)
+
+
+def test_mqar_sweep_tries_each_learning_rate_until_one_reaches_the_target():
+    from mambakit.tasks.experiments import run_mqar_sweep
+
+    base = SynthConfig(task="mqar", d_model=8, n_layer=1, vocab_size=16, steps=4, batch_size=2,
+                       eval_samples=8, stop_check_every=2, device="cpu")
+    tried = run_mqar_sweep(base, ["gru"], [8], [16], lrs=[1e-3, 3e-2])["points"][0]
+    assert [run["lr"] for run in tried["runs"]] == [1e-3, 3e-2]
+    assert tried["accuracy"] == max(run["accuracy"] for run in tried["runs"])
+    assert tried["lr"] == max(tried["runs"], key=lambda run: run["accuracy"])["lr"]
+
+
+def test_mqar_sweep_skips_the_remaining_rates_once_one_reaches_the_target(monkeypatch):
+    from mambakit.tasks import experiments
+
+    trained = []
+
+    def fake_run(cfg, on_progress=None):           # reaches the target at lr 3e-3 only
+        trained.append(cfg.lr)
+        return {"eval": [{"token_accuracy": 0.995 if cfg.lr == 3e-3 else 0.3}], "reached_stop_at": cfg.lr == 3e-3,
+                "config": dataclasses.asdict(cfg), "steps_done": 1, "train_seconds": 0.0}
+    monkeypatch.setattr(experiments, "run_synth", fake_run)
+    base = SynthConfig(task="mqar", stop_at=0.99, steps=1)
+    point = experiments.run_mqar_sweep(base, ["gru"], [8], [16], lrs=[1e-3, 3e-3, 1e-2])["points"][0]
+    assert trained == [1e-3, 3e-3] and [run["lr"] for run in point["runs"]] == [1e-3, 3e-3]
+    assert (point["lr"], point["accuracy"]) == (3e-3, 0.995)

@@ -23,7 +23,7 @@ FIELDS = {"d_model": "d_model", "n_layer": "n_layer", "budget_params": "budget_p
           "eval_chunk": "eval_chunk", "eval_max_tokens": "eval_max_tokens", "stop_at": "stop_at",
           "seed": "seed", "device": "device"}
 # mqar-sweep's own defaults: Zoology's figure 2 tries learning rates per point and stops at 99%
-SWEEP_LRS = [1e-3, 1e-2]
+SWEEP_LRS = [1e-3, 3e-3, 1e-2]
 SWEEP_STOP_AT = 0.99
 
 

@@ -146,8 +146,6 @@ def base_config(args: argparse.Namespace, task: str):
     if args.constant_lr:
         given["min_lr_ratio"] = 1.0
     if args.random_fillers:
-        if task != "mqar":
-            raise ValueError("--random-fillers is an MQAR setting")
         given["random_fillers"] = True
     if args.out:
         given["checkpoint_dir"] = str(Path(args.out) / "checkpoints")

@@ -81,7 +81,7 @@ def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], leng
     for length in lengths:
         for width in widths:
             for model in models:
-                runs = []
+                tried = []                                   # (summary, full result) per rate
                 for lr in rates:
                     name = f"mqar-{model}-d{width}-l{length}" + (f"-lr{lr:g}" if lrs else "")
                     cfg = dataclasses.replace(base, model=model, d_model=width, seq_len=length, lr=lr,
@@ -89,14 +89,13 @@ def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], leng
                                               num_tokens=pairs(length), eval_lengths=(),
                                               checkpoint_dir=_checkpoints(base, name))
                     result = run_synth(cfg, on_point(cfg) if on_point is not None else None)
-                    runs.append({"lr": lr, "accuracy": result["eval"][0]["token_accuracy"], "result": result})
-                    if result.get("reached_stop_at"):
+                    tried.append(({"lr": lr, "accuracy": result["eval"][0]["token_accuracy"],
+                                   "steps_done": result["steps_done"], "train_seconds": result["train_seconds"]},
+                                  result))
+                    if result["reached_stop_at"]:
                         break
-                best = max(runs, key=lambda run: run["accuracy"])
-                points.append({"model": model, "d_model": width, "seq_len": length,
-                               "num_kv_pairs": best["result"]["config"]["num_tokens"], "lr": best["lr"],
-                               "accuracy": best["accuracy"], "result": best["result"],
-                               "runs": [{k: run[k] for k in ("lr", "accuracy")} |
-                                        {k: run["result"][k] for k in ("steps_done", "train_seconds")}
-                                        for run in runs]})
+                best, result = max(tried, key=lambda run: run[0]["accuracy"])
+                points.append({"model": model, "d_model": width, "seq_len": length, "num_kv_pairs": pairs(length),
+                               "lr": best["lr"], "accuracy": best["accuracy"], "result": result,
+                               "runs": [summary for summary, _ in tried]})
     return {"points": points}

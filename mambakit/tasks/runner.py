@@ -168,6 +168,8 @@ class SynthConfig:
             raise ValueError(f"SynthConfig.stop_at is an accuracy in (0, 1], got {self.stop_at}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"SynthConfig.time_budget must be > 0 seconds, got {self.time_budget}")
+        if self.random_fillers and self.task != "mqar":
+            raise ValueError(f"SynthConfig.random_fillers is an MQAR setting, not one of {self.task}")
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"SynthConfig.loss_on must be one of {list(LOSS_ON)}, got {self.loss_on!r}")
         if self.budget_params is not None and self.model_fields:

@@ -184,6 +184,8 @@ def test_mqar_fillers_are_zero_as_zoologys_figure2_unless_random():
     noisy, noisy_targets = dataclasses.replace(cfg, random_fillers=True).sample(8, 64, seeded(5))
     fillers = noisy[:, 8:][noisy_targets[:, 8:] == IGNORE_INDEX]
     assert (fillers != 0).float().mean() > 0.9 and int(fillers.max()) >= 32     # values' ids among them
+    with pytest.raises(ValueError, match="MQAR setting"):
+        SynthConfig(task="induction-heads", random_fillers=True)
 
 
 def test_mqar_transformer_embeds_as_configured_but_induction_heads_takes_the_unit_init():

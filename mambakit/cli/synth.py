@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from mambakit.cli.common import emit_json, finite_float, non_negative_float, positive_int, seed_int
@@ -102,6 +103,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lrs", type=finite_float, nargs="+",
                    help=f"mqar-sweep: learning rates each point tries, the best reported (default: "
                         f"{' '.join(f'{lr:g}' for lr in SWEEP_LRS)}; --lr: that one alone)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="table1 / mqar-sweep: rows or points trained at once, one process each, sharing "
+                        "--threads (tiny models use cores better as processes than as threads)")
     p.add_argument("--threads", type=threads_arg, default="auto",
                    help="intra-op threads, or auto: 1 on a busy machine unless OMP_WAIT_POLICY=PASSIVE (default)")
     p.add_argument("--seed", type=seed_int)
@@ -164,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mambakit.threads import auto_threads
 
-    torch.set_num_threads(auto_threads() if args.threads == "auto" else args.threads)
+    threads = auto_threads() if args.threads == "auto" else args.threads
+    torch.set_num_threads(threads)
+    args.worker_threads = max(1, threads // args.jobs)
 
     def progress(name: str, total: int):
         bar = tqdm(total=total, desc=name, unit="step", disable=args.no_progress or None, leave=False)
@@ -180,11 +186,21 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if args.rows and args.task != "table1":
         raise ValueError("--rows selects rows of table1 only")
+    if args.jobs > 1 and args.task not in ("table1", "mqar-sweep"):
+        raise ValueError("--jobs runs table1 rows or mqar-sweep points side by side; "
+                         f"{args.task} trains its models one after another")
     if args.task == "table1":
         return _table1(args, out, progress)
     if args.task == "mqar-sweep":
         return _mqar_sweep(args, out, progress)
     return _runs(args, out, progress)
+
+
+def finished(args, template: str):
+    """With --jobs, where progress bars cannot follow the worker processes: a line per finished run."""
+    if args.jobs == 1 or args.no_progress:
+        return None
+    return lambda what: print(f"{template.format(what)}: done", file=sys.stderr, flush=True)
 
 
 def _report(out, name: str, result: dict) -> None:
@@ -232,7 +248,8 @@ def _table1(args, out, progress) -> int:
         raise ValueError("table1 fixes its rows' models; drop --model")
     base = base_config(args, "selective-copying")
     fields_for(args, [])                    # no per-model fields: table1's rows fix their models
-    table = run_table1(base, lambda row, cfg: progress(f"table1 {row}", cfg.total_steps), models=args.rows)
+    table = run_table1(base, lambda row, cfg: progress(f"table1 {row}", cfg.total_steps), models=args.rows,
+                       jobs=args.jobs, threads=args.worker_threads, on_done=finished(args, "table1 row {}"))
     if out is not None:
         for r in table["rows"]:
             _report(out, f"table1-{r['model']}", r["result"])
@@ -267,7 +284,9 @@ def _mqar_sweep(args, out, progress) -> int:
     lrs = args.lrs or (None if args.lr is not None else SWEEP_LRS)
     sweep = run_mqar_sweep(base, models, args.widths, args.lengths, fields_for(args, models), lrs=lrs,
                            on_point=lambda cfg: progress(f"mqar {cfg.model} d{cfg.d_model} L{cfg.seq_len} "
-                                                         f"lr {cfg.lr:g}", cfg.total_steps))
+                                                         f"lr {cfg.lr:g}", cfg.total_steps),
+                           jobs=args.jobs, threads=args.worker_threads,
+                           on_done=finished(args, "mqar point {0[model]} d{0[d_model]} L{0[seq_len]}"))
     if out is not None:
         atomic_write_text(out / "mqar-sweep.json", json.dumps(sweep, indent=2) + "\n")
         plot_mqar_sweep(sweep["points"], out / "mqar-sweep.png")

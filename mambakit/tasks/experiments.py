@@ -4,6 +4,8 @@ MQAR sweep. Each returns JSON-ready results; `mambakit synth table1 | mqar-sweep
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -31,13 +33,54 @@ def _checkpoints(base: SynthConfig, name: str) -> Optional[str]:
     return None if base.checkpoint_dir is None else str(Path(base.checkpoint_dir) / name)
 
 
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def in_workers(fn: Callable, calls: list[tuple], jobs: int = 1, threads: int = 1,
+               on_done: Optional[Callable[[int], None]] = None) -> list:
+    """[fn(*args) for args in calls], in order. With jobs > 1 the calls run in that many worker
+    processes of `threads` intra-op threads each: the synthetic tasks' tiny models gain far more
+    from one process per core than from threads within a step (each op is too small to split).
+    `on_done(i)` is called as call i finishes. A worker's exception is re-raised here."""
+    if jobs < 1 or threads < 1:
+        raise ValueError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
+    if jobs == 1 or len(calls) <= 1:
+        results = []
+        for i, args in enumerate(calls):
+            results.append(fn(*args))
+            if on_done is not None:
+                on_done(i)
+        return results
+    # spawn, not fork: a forked child would inherit this process's OpenMP pool in whatever state
+    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+        results = [None] * len(calls)
+        try:
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if on_done is not None:
+                    on_done(futures[future])
+        except BaseException:
+            # calls not started are dropped; running ones finish (and checkpoint) before this returns
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        return results
+
+
 def run_table1(base: SynthConfig, on_row: Optional[Callable[[str, SynthConfig], Callable]] = None,
-               models: Optional[list[str]] = None) -> dict:
+               models: Optional[list[str]] = None, jobs: int = 1, threads: int = 1,
+               on_done: Optional[Callable[[str], None]] = None) -> dict:
     """Train and evaluate the Table 1 rows of `models` (default: all, in the table's order) with
     `base`'s task settings (selective copying). Each row checkpoints in its own folder, so rows
     run apart (other processes, other machines) are picked up finished by a later full run.
 
-    `on_row(row, cfg)` may return the `on_progress` callback of that row's training.
+    `on_row(row, cfg)` may return the `on_progress` callback of that row's training (one process
+    only). `jobs` > 1 trains that many rows at once, in worker processes of `threads` threads each;
+    `on_done(row)` is called as each row finishes.
     Returns {"rows": [{row, model, paper_row, paper, accuracy, result}], "setting": ...}.
     """
     if base.task != "selective-copying":
@@ -47,15 +90,17 @@ def run_table1(base: SynthConfig, on_row: Optional[Callable[[str, SynthConfig], 
     unknown = sorted(set(models or ()) - set(TABLE1_MODELS))
     if unknown:
         raise ValueError(f"not a Table 1 row: {', '.join(unknown)}; the rows are {', '.join(TABLE1_MODELS)}")
-    rows = []
-    for row, model, fields, paper_row, paper, steps_factor in TABLE1_ROWS:
-        if models and model not in models:
-            continue
+    chosen = [spec for spec in TABLE1_ROWS if not models or spec[1] in models]
+    calls = []
+    for row, model, fields, *_, steps_factor in chosen:
         cfg = dataclasses.replace(base, model=model, model_fields=dict(fields), steps=base.steps * steps_factor,
                                   checkpoint_dir=_checkpoints(base, f"table1-{model}"))
-        result = run_synth(cfg, on_row(row, cfg) if on_row is not None else None)
-        rows.append({"row": row, "model": model, "paper_row": paper_row, "paper": paper,
-                     "accuracy": result["eval"][0]["token_accuracy"], "result": result})
+        calls.append((cfg, on_row(row, cfg) if on_row is not None and jobs == 1 else None))
+    results = in_workers(run_synth, calls, jobs, threads,
+                         on_done=None if on_done is None else lambda i: on_done(chosen[i][0]))
+    rows = [{"row": row, "model": model, "paper_row": paper_row, "paper": paper,
+             "accuracy": result["eval"][0]["token_accuracy"], "result": result}
+            for (row, model, _, paper_row, paper, _), result in zip(chosen, results)]
     return {"setting": {k: getattr(base, k) for k in ("seq_len", "num_tokens", "vocab_size", "steps",
                                                        "batch_size", "lr", "time_budget")},
             "rows": rows}
@@ -65,37 +110,48 @@ def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], leng
                    model_fields: Optional[dict[str, dict]] = None,
                    kv_pairs: Optional[Callable[[int], int]] = None,
                    on_point: Optional[Callable[[SynthConfig], Callable]] = None,
-                   lrs: Optional[list[float]] = None) -> dict:
+                   lrs: Optional[list[float]] = None, jobs: int = 1, threads: int = 1,
+                   on_done: Optional[Callable[[dict], None]] = None) -> dict:
     """Zoology's figure 2: every model × width × sequence length on MQAR, evaluated at its training
     length. `model_fields[model]` adds to that model's config fields; `kv_pairs(seq_len)` gives the
     key-value pairs (default seq_len // 16, at least 1, as figure 2).
 
     Like Zoology, each point trains at every learning rate of `lrs` (default: base.lr alone) and
     reports the best; the rates are tried in order and, once one reaches base.stop_at, the rest
-    are skipped (nothing left to gain). Each point's "runs" lists every rate tried."""
+    are skipped (nothing left to gain). Each point's "runs" lists every rate tried.
+
+    `jobs` > 1 trains that many points at once, in worker processes of `threads` threads each
+    (`on_point`'s progress callbacks need one process); `on_done(point)` is called as each finishes."""
     if base.task != "mqar":
         raise ValueError(f"the MQAR sweep needs task 'mqar', got {base.task!r}")
     pairs = kv_pairs or (lambda length: max(1, length // 16))
     rates = list(lrs) if lrs else [base.lr]
-    points = []
+    specs, calls = [], []
     for length in lengths:
         for width in widths:
             for model in models:
-                tried = []                                   # (summary, full result) per rate
-                for lr in rates:
-                    name = f"mqar-{model}-d{width}-l{length}" + (f"-lr{lr:g}" if lrs else "")
-                    cfg = dataclasses.replace(base, model=model, d_model=width, seq_len=length, lr=lr,
-                                              model_fields={**base.model_fields, **(model_fields or {}).get(model, {})},
-                                              num_tokens=pairs(length), eval_lengths=(),
-                                              checkpoint_dir=_checkpoints(base, name))
-                    result = run_synth(cfg, on_point(cfg) if on_point is not None else None)
-                    tried.append(({"lr": lr, "accuracy": result["eval"][0]["token_accuracy"],
-                                   "steps_done": result["steps_done"], "train_seconds": result["train_seconds"]},
-                                  result))
-                    if result["reached_stop_at"]:
-                        break
-                best, result = max(tried, key=lambda run: run[0]["accuracy"])
-                points.append({"model": model, "d_model": width, "seq_len": length, "num_kv_pairs": pairs(length),
-                               "lr": best["lr"], "accuracy": best["accuracy"], "result": result,
-                               "runs": [summary for summary, _ in tried]})
-    return {"points": points}
+                specs.append({"model": model, "d_model": width, "seq_len": length, "num_kv_pairs": pairs(length)})
+                cfgs = [dataclasses.replace(base, model=model, d_model=width, seq_len=length, lr=lr,
+                                            model_fields={**base.model_fields, **(model_fields or {}).get(model, {})},
+                                            num_tokens=pairs(length), eval_lengths=(),
+                                            checkpoint_dir=_checkpoints(base, f"mqar-{model}-d{width}-l{length}"
+                                                                        + (f"-lr{lr:g}" if lrs else "")))
+                        for lr in rates]
+                calls.append((cfgs, on_point if jobs == 1 else None))
+    bests = in_workers(_mqar_point, calls, jobs, threads,
+                       on_done=None if on_done is None else lambda i: on_done(specs[i]))
+    return {"points": [{**spec, **best} for spec, best in zip(specs, bests)]}
+
+
+def _mqar_point(cfgs: list[SynthConfig], on_point: Optional[Callable[[SynthConfig], Callable]]) -> dict:
+    """One sweep point: train at each learning rate in turn until one reaches its stop_at; the best."""
+    tried = []                                               # (summary, full result) per rate
+    for cfg in cfgs:
+        result = run_synth(cfg, on_point(cfg) if on_point is not None else None)
+        tried.append(({"lr": cfg.lr, "accuracy": result["eval"][0]["token_accuracy"],
+                       "steps_done": result["steps_done"], "train_seconds": result["train_seconds"]}, result))
+        if result["reached_stop_at"]:
+            break
+    best, result = max(tried, key=lambda run: run[0]["accuracy"])
+    return {"lr": best["lr"], "accuracy": best["accuracy"], "result": result,
+            "runs": [summary for summary, _ in tried]}

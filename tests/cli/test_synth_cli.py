@@ -37,7 +37,8 @@ def test_synth_bad_input_is_one_line():
                  ["induction-heads", "--model-field", "d_state"], ["induction-heads", "--model-field", ":d_state=2"],
                  ["induction-heads", "--paper", "--recipe", "cpu"],
                  ["induction-heads", "--model", "mamba", "--model-field", "transformer:n_head=2"],
-                 ["table1", "--rows", "mamba2"], ["induction-heads", "--rows", "s6"]):
+                 ["table1", "--rows", "mamba2"], ["induction-heads", "--rows", "s6"],
+                 ["induction-heads", "--jobs", "2"]):
         r = mambakit("synth", *args, "--steps", "1")
         assert r.returncode != 0
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -49,7 +50,7 @@ def test_synth_table1_prints_the_papers_numbers_and_writes_reports(tmp_path):
             "--batch-size", "2", "--eval-lengths", "--eval-samples", "4", "--device", "cpu",
             "--out", str(tmp_path), "--no-progress", "--json")
     # two rows first, as a second process would run them: their reports, no table yet
-    r = mambakit(*args, "--rows", "mamba", "s6")
+    r = mambakit(*args, "--rows", "mamba", "s6", "--jobs", "2")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
     assert [row["model"] for row in rows] == ["s6", "mamba"]

@@ -250,3 +250,32 @@ def test_mqar_sweep_skips_the_remaining_rates_once_one_reaches_the_target(monkey
     point = experiments.run_mqar_sweep(base, ["gru"], [8], [16], lrs=[1e-3, 3e-3, 1e-2])["points"][0]
     assert trained == [1e-3, 3e-3] and [run["lr"] for run in point["runs"]] == [1e-3, 3e-3]
     assert (point["lr"], point["accuracy"]) == (3e-3, 0.995)
+
+
+def test_in_workers_reraises_a_workers_error():
+    from mambakit.tasks.experiments import in_workers
+
+    with pytest.raises(ValueError, match="invalid literal"):          # a worker's error, as raised there
+        in_workers(int, [("12",), ("twelve",)], jobs=2)
+    with pytest.raises(ValueError, match="jobs"):
+        in_workers(pow, [(1, 1)], jobs=0)
+
+
+def test_table1_rows_trained_in_worker_processes_equal_the_rows_trained_here():
+    """--jobs changes where rows train, not what they learn: same losses, same accuracy."""
+    from mambakit.tasks.experiments import run_table1
+
+    base = SynthConfig(task="selective-copying", d_model=8, n_layer=1, seq_len=34, steps=3, batch_size=2,
+                       eval_lengths=(), eval_samples=4, device="cpu")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)                                   # the workers' thread count: same sums
+    try:
+        here = run_table1(base, models=["s6", "mamba"])
+    finally:
+        torch.set_num_threads(threads_before)
+    finished = []
+    there = run_table1(base, models=["s6", "mamba"], jobs=2, threads=1, on_done=finished.append)
+    assert sorted(finished) == ["Mamba block + S6", "S6, no gate"]
+    assert [r["model"] for r in there["rows"]] == ["s6", "mamba"]
+    for a, b in zip(here["rows"], there["rows"]):
+        assert a["result"]["losses"] == b["result"]["losses"] and a["accuracy"] == b["accuracy"]

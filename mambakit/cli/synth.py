@@ -22,7 +22,7 @@ FIELDS = {"d_model": "d_model", "n_layer": "n_layer", "budget_params": "budget_p
           "loss_on": "loss_on", "then": "then", "time_budget": "time_budget", "checkpoint_every": "checkpoint_every",
           "eval_lengths": "eval_lengths", "eval_samples": "eval_samples", "eval_batch_size": "eval_batch_size",
           "eval_chunk": "eval_chunk", "eval_max_tokens": "eval_max_tokens", "stop_at": "stop_at",
-          "seed": "seed", "device": "device"}
+          "init_from": "init_from", "seed": "seed", "device": "device"}
 # mqar-sweep's own defaults: Zoology's figure 2 tries learning rates per point and stops at 99%
 SWEEP_LRS = [1e-3, 3e-3, 1e-2]
 SWEEP_STOP_AT = 0.99
@@ -86,6 +86,12 @@ def add_parser(sub) -> None:
                         "(drops a recipe's)")
     p.add_argument("--time-budget", type=finite_float, metavar="SECONDS",
                    help="stop each run's training after this long, then evaluate")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="start from the latest weights of an earlier run of the same model: its checkpoint "
+                        "folder, e.g. OUT/checkpoints/mqar-mamba (a curriculum)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="mqar-sweep: start each length from the same model's best run at the length before "
+                        "(a curriculum for a CPU budget; Zoology trains every point from scratch); needs --out")
     p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default: 500)")
     p.add_argument("--eval-lengths", type=positive_int, nargs="*",
                    help="lengths tested besides --seq-len (default: 2x and 4x --seq-len; none: no value)")
@@ -186,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if args.rows and args.task != "table1":
         raise ValueError("--rows selects rows of table1 only")
+    if args.warm_start and args.task != "mqar-sweep":
+        raise ValueError("--warm-start chains the lengths of mqar-sweep; for one run give --init-from")
+    if args.warm_start and out is None:
+        raise ValueError("--warm-start starts each length from the last one's checkpoint: give --out")
     if args.jobs > 1 and args.task not in ("table1", "mqar-sweep"):
         raise ValueError("--jobs runs table1 rows or mqar-sweep points side by side; "
                          f"{args.task} trains its models one after another")
@@ -219,6 +229,8 @@ def _runs(args, out, progress) -> int:
     base = base_config(args, args.task)
     models = args.model or [base.model]
     per_model = fields_for(args, models)
+    if base.init_from is not None and len(models) > 1:
+        raise ValueError("--init-from holds the weights of one model; train one --model with it")
     results = []
     for model in models:
         cfg = dataclasses.replace(base, model=model, model_fields={**base.model_fields, **per_model.get(model, {})},
@@ -283,13 +295,14 @@ def _mqar_sweep(args, out, progress) -> int:
         raise ValueError("give --lrs (several learning rates) or --lr (one), not both")
     lrs = args.lrs or (None if args.lr is not None else SWEEP_LRS)
     sweep = run_mqar_sweep(base, models, args.widths, args.lengths, fields_for(args, models), lrs=lrs,
+                           warm_start=args.warm_start,
                            on_point=lambda cfg: progress(f"mqar {cfg.model} d{cfg.d_model} L{cfg.seq_len} "
                                                          f"lr {cfg.lr:g}", cfg.total_steps),
                            jobs=args.jobs, threads=args.worker_threads,
                            on_done=finished(args, "mqar point {0[model]} d{0[d_model]} L{0[seq_len]}"))
     if out is not None:
         atomic_write_text(out / "mqar-sweep.json", json.dumps(sweep, indent=2) + "\n")
-        plot_mqar_sweep(sweep["points"], out / "mqar-sweep.png")
+        plot_mqar_sweep(sweep["points"], out / "mqar-sweep.png", sweep["warm_start"])
     if args.json:
         emit_json(sweep)
         return 0
@@ -299,7 +312,8 @@ def _mqar_sweep(args, out, progress) -> int:
         for model in models:
             acc = {p["d_model"]: p["accuracy"] for p in sweep["points"] if p["seq_len"] == length and p["model"] == model}
             rows.append([str(length), model] + [f"{acc[w]:.3f}" if acc.get(w) is not None else "n/a" for w in widths])
-    print("MQAR accuracy (Zoology fig. 2), best learning rate: rows length x model, columns width")
+    print("MQAR accuracy (Zoology fig. 2), best learning rate: rows length x model, columns width"
+          + ("; each length warm-started from the one before" if sweep["warm_start"] else ""))
     print_table(["length", "model"] + [f"d={w}" for w in widths], rows)
     return 0
 

@@ -63,7 +63,7 @@ def plot_table1(rows: Sequence[dict], path: str | os.PathLike) -> None:
     _save(fig, path)
 
 
-def plot_mqar_sweep(points: Sequence[dict], path: str | os.PathLike) -> None:
+def plot_mqar_sweep(points: Sequence[dict], path: str | os.PathLike, warm_start: bool = False) -> None:
     """Zoology's figure 2: accuracy against model width, one panel per sequence length, one line
     per model. `points` items have model, seq_len, d_model, accuracy."""
     lengths = sorted({p["seq_len"] for p in points})
@@ -79,4 +79,6 @@ def plot_mqar_sweep(points: Sequence[dict], path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("MQAR accuracy")
     axes[0][-1].legend(fontsize=8)
+    if warm_start:
+        fig.suptitle("each length warm-started from the one before", fontsize=9)
     _save(fig, path)

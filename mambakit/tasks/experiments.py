@@ -85,8 +85,8 @@ def run_table1(base: SynthConfig, on_row: Optional[Callable[[str, SynthConfig], 
     """
     if base.task != "selective-copying":
         raise ValueError(f"Table 1 is selective copying, got task {base.task!r}")
-    if base.model_fields or base.budget_params is not None:
-        raise ValueError("Table 1 fixes each row's model; it takes no model fields or parameter budget")
+    if base.model_fields or base.budget_params is not None or base.init_from is not None:
+        raise ValueError("Table 1 fixes each row's model; it takes no model fields, parameter budget or init_from")
     unknown = sorted(set(models or ()) - set(TABLE1_MODELS))
     if unknown:
         raise ValueError(f"not a Table 1 row: {', '.join(unknown)}; the rows are {', '.join(TABLE1_MODELS)}")
@@ -110,7 +110,7 @@ def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], leng
                    model_fields: Optional[dict[str, dict]] = None,
                    kv_pairs: Optional[Callable[[int], int]] = None,
                    on_point: Optional[Callable[[SynthConfig], Callable]] = None,
-                   lrs: Optional[list[float]] = None, jobs: int = 1, threads: int = 1,
+                   lrs: Optional[list[float]] = None, warm_start: bool = False, jobs: int = 1, threads: int = 1,
                    on_done: Optional[Callable[[dict], None]] = None) -> dict:
     """Zoology's figure 2: every model × width × sequence length on MQAR, evaluated at its training
     length. `model_fields[model]` adds to that model's config fields; `kv_pairs(seq_len)` gives the
@@ -120,27 +120,56 @@ def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], leng
     reports the best; the rates are tried in order and, once one reaches base.stop_at, the rest
     are skipped (nothing left to gain). Each point's "runs" lists every rate tried.
 
-    `jobs` > 1 trains that many points at once, in worker processes of `threads` threads each
+    `warm_start` (not Zoology's protocol, which trains every point from scratch with ~200x our
+    steps): each length after the first starts from the same model and width's best run at the
+    length before, a curriculum that needs base.checkpoint_dir. `jobs` > 1 trains that many points
+    (with warm_start: model × width chains) at once, in worker processes of `threads` threads each
     (`on_point`'s progress callbacks need one process); `on_done(point)` is called as each finishes."""
     if base.task != "mqar":
         raise ValueError(f"the MQAR sweep needs task 'mqar', got {base.task!r}")
+    if base.init_from is not None:
+        raise ValueError("the sweep trains many models, which no single init_from fits (see warm_start)")
+    if warm_start and base.checkpoint_dir is None:
+        raise ValueError("a warm-started sweep starts each length from the last one's checkpoint: "
+                         "it needs a checkpoint_dir")
     pairs = kv_pairs or (lambda length: max(1, length // 16))
     rates = list(lrs) if lrs else [base.lr]
-    specs, calls = [], []
-    for length in lengths:
-        for width in widths:
-            for model in models:
-                specs.append({"model": model, "d_model": width, "seq_len": length, "num_kv_pairs": pairs(length)})
-                cfgs = [dataclasses.replace(base, model=model, d_model=width, seq_len=length, lr=lr,
-                                            model_fields={**base.model_fields, **(model_fields or {}).get(model, {})},
-                                            num_tokens=pairs(length), eval_lengths=(),
-                                            checkpoint_dir=_checkpoints(base, f"mqar-{model}-d{width}-l{length}"
-                                                                        + (f"-lr{lr:g}" if lrs else "")))
-                        for lr in rates]
-                calls.append((cfgs, on_point if jobs == 1 else None))
-    bests = in_workers(_mqar_point, calls, jobs, threads,
-                       on_done=None if on_done is None else lambda i: on_done(specs[i]))
-    return {"points": [{**spec, **best} for spec, best in zip(specs, bests)]}
+
+    def point(model: str, width: int, i: int) -> list[SynthConfig]:
+        length, name = lengths[i], f"mqar-{model}-d{width}-l{lengths[i]}"
+        return [dataclasses.replace(base, model=model, d_model=width, seq_len=length, lr=lr,
+                                    model_fields={**base.model_fields, **(model_fields or {}).get(model, {})},
+                                    num_tokens=pairs(length), eval_lengths=(),
+                                    checkpoint_dir=_checkpoints(base, name + (f"-lr{lr:g}" if lrs else "")
+                                                                + (f"-from-l{lengths[i - 1]}" if warm_start and i else "")))
+                for lr in rates]
+
+    # units of work: a point each, or with warm_start one chain over the lengths per model and width
+    grid = [(i, width, model) for i in range(len(lengths)) for width in widths for model in models]
+    if warm_start:
+        chains = [[(i, width, model) for i in range(len(lengths))] for width in widths for model in models]
+    else:
+        chains = [[spot] for spot in grid]
+    calls = [([point(model, width, i) for i, width, model in chain], warm_start, on_point if jobs == 1 else None)
+             for chain in chains]
+    spec = {spot: {"model": spot[2], "d_model": spot[1], "seq_len": lengths[spot[0]],
+                   "num_kv_pairs": pairs(lengths[spot[0]])} for spot in grid}
+    done = None if on_done is None else lambda c: on_done(spec[chains[c][-1]])
+    found = {}
+    for chain, bests in zip(chains, in_workers(_mqar_chain, calls, jobs, threads, on_done=done)):
+        found.update(zip(chain, bests))
+    return {"warm_start": warm_start, "points": [{**spec[spot], **found[spot]} for spot in grid]}
+
+
+def _mqar_chain(points: list[list[SynthConfig]], warm_start: bool,
+                on_point: Optional[Callable[[SynthConfig], Callable]]) -> list[dict]:
+    """Each point in turn (with warm_start, each starting from the previous point's best run)."""
+    bests = []
+    for cfgs in points:
+        if warm_start and bests:
+            cfgs = [dataclasses.replace(cfg, init_from=bests[-1]["result"]["config"]["checkpoint_dir"]) for cfg in cfgs]
+        bests.append(_mqar_point(cfgs, on_point))
+    return bests
 
 
 def _mqar_point(cfgs: list[SynthConfig], on_point: Optional[Callable[[SynthConfig], Callable]]) -> dict:

@@ -94,7 +94,9 @@ PAPER_RECIPES = RECIPES["paper"]
 # time budget and device may change).
 TRAINING_FIELDS = ("task", "model", "d_model", "n_layer", "budget_params", "model_fields", "vocab_size",
                    "num_tokens", "seq_len", "batch_size", "lr", "warmup_steps", "min_lr_ratio",
-                   "weight_decay", "grad_clip", "loss_on", "random_fillers", "then", "seed")
+                   "weight_decay", "grad_clip", "loss_on", "random_fillers", "then", "init_from", "seed")
+# SynthConfig fields that make the model itself: an init_from run must share them
+MODEL_FIELDS = ("model", "d_model", "n_layer", "budget_params", "model_fields", "vocab_size")
 # SynthConfig fields that size the model; model_fields may not restate them.
 _SIZE_FIELDS = ("d_model", "n_layer", "vocab_size")
 LOSS_ON = ("answers", "all")
@@ -132,6 +134,9 @@ class SynthConfig:
     stop_at: Optional[float] = None
     stop_check_every: int = 100
     checkpoint_dir: Optional[str] = None    # resumable: checkpoints here, continues from the latest
+    # start from the weights of an earlier run of the same model: the latest checkpoint in that
+    # run's checkpoint_dir (a curriculum: e.g. MQAR learnt at L=64, then trained at 128)
+    init_from: Optional[str] = None
     checkpoint_every: int = 500
     eval_lengths: Optional[tuple[int, ...]] = None  # lengths tested besides seq_len; None: 2x and 4x
     eval_samples: int = 256
@@ -309,13 +314,37 @@ def _resume(cfg: SynthConfig, model: LanguageModel, optimizer, state: TrainState
         return
     saved = load_checkpoint(latest, model, optimizer, model)
     # as JSON (tuples read back as lists); a field newer than the checkpoint has its default there
-    mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    theirs = {**json.loads(json.dumps(dataclasses.asdict(SynthConfig(task=cfg.task)))), **saved.get("synth_config", {})}
+    mine = _as_json(cfg)
+    theirs = {**_as_json(SynthConfig(task=cfg.task)), **saved.get("synth_config", {})}
     differ = sorted(k for k in TRAINING_FIELDS if mine[k] != theirs[k])
     if differ:
         raise ValueError(f"{latest} is a run with other settings ({', '.join(differ)}); "
                          f"use another checkpoint folder")
     state.restore(saved)
+
+
+def _as_json(cfg: SynthConfig) -> dict:
+    """cfg's fields as a checkpoint holds them (tuples read back as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def start_from(cfg: SynthConfig, model: LanguageModel) -> None:
+    """Load the weights of cfg.init_from's latest checkpoint, a run of the same model."""
+    from mambakit.io.files import WEIGHTS_NAME, read_safetensors
+    from mambakit.io.weights import load_state_into
+    from mambakit.train.checkpoint import STATE_NAME, latest_checkpoint
+
+    latest = latest_checkpoint(cfg.init_from)
+    if latest is None:
+        raise ValueError(f"init_from {cfg.init_from}: no checkpoint there (give the checkpoint folder of an "
+                         f"earlier synth run)")
+    saved = json.loads((latest / STATE_NAME).read_text(encoding="utf-8")).get("synth_config", {})
+    mine = _as_json(cfg)
+    differ = sorted(k for k in MODEL_FIELDS if mine[k] != saved.get(k, mine[k]))
+    if differ:
+        raise ValueError(f"init_from {latest} trained another model ({', '.join(f'{k}={saved[k]!r}' for k in differ)}); "
+                         f"this run is {', '.join(f'{k}={mine[k]!r}' for k in differ)}")
+    load_state_into(model, read_safetensors(latest / WEIGHTS_NAME), str(latest))
 
 
 def reached_target(model: LanguageModel, cfg: SynthConfig, step: int) -> bool:
@@ -381,7 +410,10 @@ def run_synth(cfg: SynthConfig, on_progress: Optional[Callable[[int, int, float]
               on_eval: Optional[Callable[[dict], None]] = None) -> dict:
     """Build, train and evaluate one model on `cfg.task`; returns a JSON-ready results dict.
     `on_eval(result)` is called after each evaluated length."""
-    model = build_synth_model(cfg).to(resolve_device(cfg.device))
+    model = build_synth_model(cfg)
+    if cfg.init_from is not None:
+        start_from(cfg, model)
+    model = model.to(resolve_device(cfg.device))
     state = train_synth(model, cfg, on_progress)
     losses = state.losses
     tail = losses[-max(1, len(losses) // 10):]       # the last tenth: a less noisy final loss

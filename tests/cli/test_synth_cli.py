@@ -38,7 +38,9 @@ def test_synth_bad_input_is_one_line():
                  ["induction-heads", "--paper", "--recipe", "cpu"],
                  ["induction-heads", "--model", "mamba", "--model-field", "transformer:n_head=2"],
                  ["table1", "--rows", "mamba2"], ["induction-heads", "--rows", "s6"],
-                 ["induction-heads", "--jobs", "2"]):
+                 ["induction-heads", "--jobs", "2"], ["mqar-sweep", "--warm-start"],
+                 ["mqar", "--warm-start", "--out", "unused"],
+                 ["mqar", "--model", "mamba", "gru", "--init-from", "somewhere"]):
         r = mambakit("synth", *args, "--steps", "1")
         assert r.returncode != 0
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr

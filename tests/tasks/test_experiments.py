@@ -279,3 +279,41 @@ def test_table1_rows_trained_in_worker_processes_equal_the_rows_trained_here():
     assert [r["model"] for r in there["rows"]] == ["s6", "mamba"]
     for a, b in zip(here["rows"], there["rows"]):
         assert a["result"]["losses"] == b["result"]["losses"] and a["accuracy"] == b["accuracy"]
+
+
+def test_init_from_starts_a_run_from_an_earlier_runs_weights(tmp_path):
+    """A run started from another's checkpoint and barely trained (lr 1e-12) scores what that run
+    scored on the same held-out batches; another model, or an empty folder, is refused by name."""
+    copying = dict(task="selective-copying", d_model=16, n_layer=1, vocab_size=6, num_tokens=2, seq_len=12,
+                   batch_size=8, eval_samples=64, device="cpu")
+    first = run_synth(SynthConfig(**copying, steps=120, lr=1e-2, eval_lengths=(24,),
+                                  checkpoint_dir=str(tmp_path / "first")))
+    assert first["eval"][0]["token_accuracy"] > 1.5 * first["chance"]     # it learnt something to carry over
+    barely = dict(steps=1, lr=1e-12, warmup_steps=0)
+    again = run_synth(SynthConfig(**{**copying, "seq_len": 24}, **barely, eval_lengths=(12,),
+                                  init_from=str(tmp_path / "first")))
+    assert [e["token_accuracy"] for e in again["eval"]] == [first["eval"][1]["token_accuracy"],
+                                                            first["eval"][0]["token_accuracy"]]
+    fresh = run_synth(SynthConfig(**copying, **barely, eval_lengths=()))
+    assert fresh["eval"][0]["token_accuracy"] < first["eval"][0]["token_accuracy"]
+    with pytest.raises(ValueError, match="d_model=16.*d_model=8"):
+        run_synth(SynthConfig(**{**TINY, "d_model": 8, "init_from": str(tmp_path / "first")}))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run_synth(SynthConfig(**{**TINY, "init_from": str(tmp_path / "nothing")}))
+
+
+def test_warm_started_mqar_sweep_starts_each_length_from_the_last_ones_best_run(tmp_path):
+    from mambakit.tasks.experiments import run_mqar_sweep
+
+    base = SynthConfig(task="mqar", d_model=8, n_layer=1, vocab_size=16, steps=2, batch_size=2, eval_samples=4,
+                       device="cpu", checkpoint_dir=str(tmp_path))
+    sweep = run_mqar_sweep(base, ["gru", "mamba"], [8], [16, 32], lrs=[1e-3, 1e-2], warm_start=True, jobs=2)
+    assert sweep["warm_start"] and [(p["model"], p["seq_len"]) for p in sweep["points"]] == [
+        ("gru", 16), ("mamba", 16), ("gru", 32), ("mamba", 32)]
+    for short, long in zip(sweep["points"][:2], sweep["points"][2:]):
+        assert long["result"]["config"]["init_from"] == short["result"]["config"]["checkpoint_dir"]
+        assert short["result"]["config"]["checkpoint_dir"].endswith(f"-l16-lr{short['lr']:g}")
+        assert long["result"]["config"]["checkpoint_dir"].endswith(f"-l32-lr{long['lr']:g}-from-l16")
+        assert short["result"]["config"]["init_from"] is None
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        run_mqar_sweep(dataclasses.replace(base, checkpoint_dir=None), ["gru"], [8], [16, 32], warm_start=True)

@@ -90,8 +90,9 @@ def add_parser(sub) -> None:
                    help="start from the latest weights of an earlier run of the same model: its checkpoint "
                         "folder, e.g. OUT/checkpoints/mqar-mamba (a curriculum)")
     p.add_argument("--warm-start", action="store_true",
-                   help="mqar-sweep: start each length from the same model's best run at the length before "
-                        "(a curriculum for a CPU budget; Zoology trains every point from scratch); needs --out")
+                   help="mqar-sweep: start each length from the same model's best run at the length before, "
+                        "at its learning rate (a curriculum for a CPU budget; Zoology trains every point from "
+                        "scratch); needs --out")
     p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default: 500)")
     p.add_argument("--eval-lengths", type=positive_int, nargs="*",
                    help="lengths tested besides --seq-len (default: 2x and 4x --seq-len; none: no value)")

@@ -122,7 +122,8 @@ def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], leng
 
     `warm_start` (not Zoology's protocol, which trains every point from scratch with ~200x our
     steps): each length after the first starts from the same model and width's best run at the
-    length before, a curriculum that needs base.checkpoint_dir. `jobs` > 1 trains that many points
+    length before and trains on at that run's learning rate only, a curriculum that needs
+    base.checkpoint_dir. `jobs` > 1 trains that many points
     (with warm_start: model × width chains) at once, in worker processes of `threads` threads each
     (`on_point`'s progress callbacks need one process); `on_done(point)` is called as each finishes."""
     if base.task != "mqar":
@@ -163,11 +164,12 @@ def run_mqar_sweep(base: SynthConfig, models: list[str], widths: list[int], leng
 
 def _mqar_chain(points: list[list[SynthConfig]], warm_start: bool,
                 on_point: Optional[Callable[[SynthConfig], Callable]]) -> list[dict]:
-    """Each point in turn (with warm_start, each starting from the previous point's best run)."""
+    """Each point in turn (with warm_start, each continuing the previous point's best run, at its rate)."""
     bests = []
     for cfgs in points:
         if warm_start and bests:
-            cfgs = [dataclasses.replace(cfg, init_from=bests[-1]["result"]["config"]["checkpoint_dir"]) for cfg in cfgs]
+            cfgs = [dataclasses.replace(cfg, init_from=bests[-1]["result"]["config"]["checkpoint_dir"])
+                    for cfg in cfgs if cfg.lr == bests[-1]["lr"]]
         bests.append(_mqar_point(cfgs, on_point))
     return bests
 

@@ -312,6 +312,7 @@ def test_warm_started_mqar_sweep_starts_each_length_from_the_last_ones_best_run(
         ("gru", 16), ("mamba", 16), ("gru", 32), ("mamba", 32)]
     for short, long in zip(sweep["points"][:2], sweep["points"][2:]):
         assert long["result"]["config"]["init_from"] == short["result"]["config"]["checkpoint_dir"]
+        assert [run["lr"] for run in long["runs"]] == [short["lr"]]            # trains on at the winning rate
         assert short["result"]["config"]["checkpoint_dir"].endswith(f"-l16-lr{short['lr']:g}")
         assert long["result"]["config"]["checkpoint_dir"].endswith(f"-l32-lr{long['lr']:g}-from-l16")
         assert short["result"]["config"]["init_from"] is None

@@ -104,6 +104,10 @@ def add_parser(sub) -> None:
     p.add_argument("--rows", nargs="+", metavar="MODEL",
                    help="table1: only these rows (s4 s6 mamba-s4d mamba); rows checkpoint under --out, so a "
                         "later full run picks finished ones up (e.g. two processes, two rows each)")
+    p.add_argument("--continue-at", type=stage_arg, metavar="LENGTH:STEPS",
+                   help="table1: after training at --seq-len, each row trains on at LENGTH for STEPS (x the "
+                        "row's step factor) from its own weights and is scored there (default: 256:1500)")
+    p.add_argument("--no-continue", action="store_true", help="table1: score each row at --seq-len")
     p.add_argument("--widths", type=positive_int, nargs="+", default=[64, 128, 256], help="mqar-sweep widths")
     p.add_argument("--lengths", type=positive_int, nargs="+", default=[64, 128, 256],
                    help="mqar-sweep lengths (default: figure 2's 64 128 256, with length/16 key-value pairs)")
@@ -193,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if args.rows and args.task != "table1":
         raise ValueError("--rows selects rows of table1 only")
+    if (args.continue_at is not None or args.no_continue) and args.task != "table1":
+        raise ValueError("--continue-at / --no-continue are table1's; for one run give --then")
     if args.warm_start and args.task != "mqar-sweep":
         raise ValueError("--warm-start chains the lengths of mqar-sweep; for one run give --init-from")
     if args.warm_start and out is None:
@@ -255,17 +261,25 @@ def _runs(args, out, progress) -> int:
 def _table1(args, out, progress) -> int:
     from mambakit.io.atomic import atomic_write_text
     from mambakit.plots.synth import plot_table1
-    from mambakit.tasks.experiments import TABLE1_ROWS, run_table1
+    from mambakit.tasks.experiments import TABLE1_CONTINUE, TABLE1_ROWS, run_table1
 
     if args.model:
         raise ValueError("table1 fixes its rows' models; drop --model")
     base = base_config(args, "selective-copying")
     fields_for(args, [])                    # no per-model fields: table1's rows fix their models
-    table = run_table1(base, lambda row, cfg: progress(f"table1 {row}", cfg.total_steps), models=args.rows,
-                       jobs=args.jobs, threads=args.worker_threads, on_done=finished(args, "table1 row {}"))
-    if out is not None:
-        for r in table["rows"]:
+    if args.no_continue and args.continue_at is not None:
+        raise ValueError("give --continue-at or --no-continue, not both")
+    continue_at = None if args.no_continue else args.continue_at or TABLE1_CONTINUE
+    table = run_table1(base, lambda row, cfg: progress(f"table1 {row} L={cfg.seq_len}", cfg.total_steps),
+                       models=args.rows, continue_at=continue_at, jobs=args.jobs, threads=args.worker_threads,
+                       on_done=finished(args, "table1 row {}"))
+    for r in table["rows"]:                 # each run's own report; the table keeps the last run's
+        runs = r.pop("results")
+        if out is not None:
+            for run in runs[:-1]:
+                _report(out, f"table1-{r['model']}-l{run['config']['seq_len']}", run)
             _report(out, f"table1-{r['model']}", r["result"])
+    if out is not None:
         if len(table["rows"]) == len(TABLE1_ROWS):  # the table itself only once every row is in
             atomic_write_text(out / "table1.json", json.dumps(table, indent=2) + "\n")
             plot_table1(table["rows"], out / "table1.png")
@@ -273,12 +287,18 @@ def _table1(args, out, progress) -> int:
         emit_json(table)
         return 0
     s = table["setting"]
-    print(f"Table 1, selective copying: {s['num_tokens']} tokens to copy, vocabulary {s['vocab_size']}, "
-          f"L={s['seq_len']} (paper: 4096), {s['steps']} steps x batch {s['batch_size']} (no-gate rows: twice the steps)")
-    rows = [[r["row"], r["paper_row"], f"{r['paper']:.1f}",
-             f"{100 * r['accuracy']:.1f}", str(r["result"]["steps_done"]), f"{r['result']['train_seconds']:.0f}"]
+    then = "" if s["continue_at"] is None else \
+        f", then L={s['continue_at'][0]} for {s['continue_at'][1]} steps from those weights"
+    print(f"Table 1, selective copying: {s['num_tokens']} tokens to copy, vocabulary {s['vocab_size']} "
+          f"(paper: L=4096); {s['steps']} steps x batch {s['batch_size']} at L={s['seq_len']}{then} "
+          f"(no-gate rows: twice the steps)")
+    lengths = [stage["seq_len"] for stage in table["rows"][0]["stages"]] if table["rows"] else []
+    rows = [[r["row"], r["paper_row"], f"{r['paper']:.1f}"]
+            + [f"{100 * stage['accuracy']:.1f}" for stage in r["stages"]]
+            + ["+".join(str(stage["steps_done"]) for stage in r["stages"]),
+               f"{sum(stage['train_seconds'] for stage in r['stages']):.0f}"]
             for r in table["rows"]]
-    print_table(["row", "paper row", "paper %", "ours %", "steps", "train s"], rows)
+    print_table(["row", "paper row", "paper %"] + [f"ours % L={n}" for n in lengths] + ["steps", "train s"], rows)
     return 0
 
 

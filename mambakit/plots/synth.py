@@ -50,16 +50,20 @@ def plot_accuracy_vs_length(results: Sequence[dict], path: str | os.PathLike) ->
 
 
 def plot_table1(rows: Sequence[dict], path: str | os.PathLike) -> None:
-    """Accuracy per Table 1 row, ours (at the training length) beside the paper's."""
+    """Accuracy per Table 1 row, ours (at each training length of the row) beside the paper's."""
     fig, ax = plt.subplots(figsize=(8, 4))
     xs = range(len(rows))
-    ours = [100 * r["accuracy"] if r["accuracy"] is not None else 0 for r in rows]
-    ax.bar([x - 0.2 for x in xs], ours, width=0.4, label="mambakit (this run)")
-    ax.bar([x + 0.2 for x in xs], [r["paper"] for r in rows], width=0.4, label="Mamba paper (L=4096)")
+    stages = [stage["seq_len"] for stage in rows[0].get("stages", [])] if rows else []
+    bars = [(f"mambakit, L={n}", [100 * (r["stages"][i]["accuracy"] or 0) for r in rows])
+            for i, n in enumerate(stages)] or [("mambakit", [100 * (r["accuracy"] or 0) for r in rows])]
+    bars.append(("Mamba paper (L=4096)", [r["paper"] for r in rows]))
+    width = 0.8 / len(bars)
+    for i, (label, heights) in enumerate(bars):
+        ax.bar([x + (i - (len(bars) - 1) / 2) * width for x in xs], heights, width=width, label=label)
     ax.set_xticks(list(xs), [r["row"] for r in rows], fontsize=8)
     ax.set(ylabel="selective copying accuracy (%)", ylim=(0, 105), title="Table 1: architecture × inner layer")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend()
+    ax.legend(fontsize=8)
     _save(fig, path)
 
 

@@ -39,7 +39,7 @@ def test_synth_bad_input_is_one_line():
                  ["induction-heads", "--model", "mamba", "--model-field", "transformer:n_head=2"],
                  ["table1", "--rows", "mamba2"], ["induction-heads", "--rows", "s6"],
                  ["induction-heads", "--jobs", "2"], ["mqar-sweep", "--warm-start"],
-                 ["mqar", "--warm-start", "--out", "unused"],
+                 ["mqar", "--warm-start", "--out", "unused"], ["mqar", "--continue-at", "128:5"],
                  ["mqar", "--model", "mamba", "gru", "--init-from", "somewhere"]):
         r = mambakit("synth", *args, "--steps", "1")
         assert r.returncode != 0
@@ -49,14 +49,17 @@ def test_synth_bad_input_is_one_line():
 
 def test_synth_table1_prints_the_papers_numbers_and_writes_reports(tmp_path):
     args = ("synth", "table1", "--d-model", "8", "--n-layer", "1", "--seq-len", "34", "--steps", "2",
-            "--batch-size", "2", "--eval-lengths", "--eval-samples", "4", "--device", "cpu",
+            "--batch-size", "2", "--eval-lengths", "--eval-samples", "4", "--device", "cpu", "--continue-at", "40:1",
             "--out", str(tmp_path), "--no-progress", "--json")
     # two rows first, as a second process would run them: their reports, no table yet
     r = mambakit(*args, "--rows", "mamba", "s6", "--jobs", "2")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
     assert [row["model"] for row in rows] == ["s6", "mamba"]
-    assert [row["result"]["steps_done"] for row in rows] == [4, 2]       # no-gate rows: twice --steps
+    assert [row["result"]["steps_done"] for row in rows] == [2, 1]       # no-gate rows: twice the steps
+    assert [[stage["steps_done"] for stage in row["stages"]] for row in rows] == [[4, 2], [2, 1]]
+    assert [row["result"]["config"]["seq_len"] for row in rows] == [40, 40]  # scored where they ended
+    assert json.loads((tmp_path / "table1-mamba-l34.json").read_text())["steps_done"] == 2
     assert (tmp_path / "table1-mamba.json").exists() and not (tmp_path / "table1.json").exists()
     first_s6 = json.loads((tmp_path / "table1-s6.json").read_text())
     # the full table picks up the finished rows from their checkpoints (same results) and adds the rest
@@ -64,7 +67,8 @@ def test_synth_table1_prints_the_papers_numbers_and_writes_reports(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "table1-s6.json").read_text())["final_loss"] == first_s6["final_loss"]
     lines = r.stdout.splitlines()
-    assert "16 tokens to copy, vocabulary 16" in lines[0]
+    assert "16 tokens to copy, vocabulary 16" in lines[0] and "then L=40 for 1 steps" in lines[0]
+    assert "ours % L=34" in lines[1] and "ours % L=40" in lines[1]
     rows = {line.split("  ")[0]: line for line in lines[2:]}
     assert set(rows) == {"S4, no gate", "S6, no gate", "Mamba block + S4D", "Mamba block + S6"}
     assert "18.3" in rows["S4, no gate"] and "99.8" in rows["Mamba block + S6"]

@@ -262,7 +262,8 @@ def test_in_workers_reraises_a_workers_error():
 
 
 def test_table1_rows_trained_in_worker_processes_equal_the_rows_trained_here():
-    """--jobs changes where rows train, not what they learn: same losses, same accuracy."""
+    """--jobs changes where rows train, not what they learn: same losses, same accuracy, at both
+    lengths of a continued row (handed over through a temporary folder: no checkpoint_dir)."""
     from mambakit.tasks.experiments import run_table1
 
     base = SynthConfig(task="selective-copying", d_model=8, n_layer=1, seq_len=34, steps=3, batch_size=2,
@@ -270,15 +271,22 @@ def test_table1_rows_trained_in_worker_processes_equal_the_rows_trained_here():
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)                                   # the workers' thread count: same sums
     try:
-        here = run_table1(base, models=["s6", "mamba"])
+        here = run_table1(base, models=["s6", "mamba"], continue_at=(40, 2))
     finally:
         torch.set_num_threads(threads_before)
     finished = []
-    there = run_table1(base, models=["s6", "mamba"], jobs=2, threads=1, on_done=finished.append)
+    there = run_table1(base, models=["s6", "mamba"], continue_at=(40, 2), jobs=2, threads=1, on_done=finished.append)
     assert sorted(finished) == ["Mamba block + S6", "S6, no gate"]
     assert [r["model"] for r in there["rows"]] == ["s6", "mamba"]
+    assert [[(st["seq_len"], st["steps_done"]) for st in r["stages"]] for r in there["rows"]] == [
+        [(34, 6), (40, 4)], [(34, 3), (40, 2)]]                            # no-gate rows: twice the steps
     for a, b in zip(here["rows"], there["rows"]):
-        assert a["result"]["losses"] == b["result"]["losses"] and a["accuracy"] == b["accuracy"]
+        assert [run["losses"] for run in a["results"]] == [run["losses"] for run in b["results"]]
+        assert a["accuracy"] == b["accuracy"] == b["stages"][1]["accuracy"]
+        first, then = b["results"]
+        assert then["config"]["init_from"] == first["config"]["checkpoint_dir"] and then["config"]["batch_size"] == 1
+    with pytest.raises(ValueError, match="continue_at"):
+        run_table1(base, continue_at=(34, 5))
 
 
 def test_init_from_starts_a_run_from_an_earlier_runs_weights(tmp_path):

@@ -1,12 +1,21 @@
 """The command line, driven as a user would: a subprocess."""
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 
 def mambakit(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "mambakit.cli.main", *args], capture_output=True,
                           text=True, timeout=timeout)
+
+
+def mambakit_each(arglists, timeout=300):
+    """Independent CLI calls side by side, one per core (most of each is importing torch): their
+    results in order. Each call keeps its own deadline."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(lambda args: mambakit(*args, timeout=timeout), arglists))
 
 
 def test_help_lists_verbs():

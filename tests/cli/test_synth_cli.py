@@ -1,7 +1,7 @@
 """`mambakit synth` driven as a user would: a subprocess."""
 import json
 
-from tests.cli.test_cli import mambakit
+from tests.cli.test_cli import mambakit, mambakit_each
 
 
 def test_synth_json_and_out(tmp_path):
@@ -33,15 +33,15 @@ def test_synth_table_marks_learned_positions_past_their_end():
 
 
 def test_synth_bad_input_is_one_line():
-    for args in (["copying"], ["selective-copying", "--seq-len", "8", "--num-tokens", "16"],
-                 ["induction-heads", "--model-field", "d_state"], ["induction-heads", "--model-field", ":d_state=2"],
-                 ["induction-heads", "--paper", "--recipe", "cpu"],
-                 ["induction-heads", "--model", "mamba", "--model-field", "transformer:n_head=2"],
-                 ["table1", "--rows", "mamba2"], ["induction-heads", "--rows", "s6"],
-                 ["induction-heads", "--jobs", "2"], ["mqar-sweep", "--warm-start"],
-                 ["mqar", "--warm-start", "--out", "unused"], ["mqar", "--continue-at", "128:5"],
-                 ["mqar", "--model", "mamba", "gru", "--init-from", "somewhere"]):
-        r = mambakit("synth", *args, "--steps", "1")
+    bad = (["copying"], ["selective-copying", "--seq-len", "8", "--num-tokens", "16"],
+           ["induction-heads", "--model-field", "d_state"], ["induction-heads", "--model-field", ":d_state=2"],
+           ["induction-heads", "--paper", "--recipe", "cpu"],
+           ["induction-heads", "--model", "mamba", "--model-field", "transformer:n_head=2"],
+           ["table1", "--rows", "mamba2"], ["induction-heads", "--rows", "s6"],
+           ["induction-heads", "--jobs", "2"], ["mqar-sweep", "--warm-start"],
+           ["mqar", "--warm-start", "--out", "unused"], ["mqar", "--continue-at", "128:5"],
+           ["mqar", "--model", "mamba", "gru", "--init-from", "somewhere"])
+    for r in mambakit_each([["synth", *args, "--steps", "1"] for args in bad]):
         assert r.returncode != 0
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.startswith("mambakit synth: error:")

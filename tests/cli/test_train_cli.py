@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from tests.cli.test_cli import mambakit
+from tests.cli.test_cli import mambakit, mambakit_each
 
 TINY = ["--d-model", "16", "--n-layer", "1", "--seq-len", "16", "--batch-size", "2", "--no-progress"]
 
@@ -76,8 +76,7 @@ def test_bad_paths_and_options_fail_in_one_line(tmp_path):
         ["eval", str(tmp_path / "missing")],
         ["tokenizer", "train", "--vocab-size", "10", "--out", str(tmp_path / "t"), "--max-bytes", "1000"],
     ]
-    for args in bad:
-        r = mambakit(*args)
+    for args, r in zip(bad, mambakit_each(bad)):
         assert r.returncode != 0, args
         assert "Traceback" not in r.stderr, (args, r.stderr)
         assert "error:" in r.stderr.strip().splitlines()[-1], (args, r.stderr)   # after argparse usage

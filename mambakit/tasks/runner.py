@@ -45,7 +45,8 @@ class Task:
 
 TASKS: dict[str, Task] = {
     # Table 1's CPU setting: the paper's 16 tokens to copy and vocabulary 16 at length 128 instead
-    # of 4096, 6000 steps (Table 1's no-gate rows, half the cost per step, take twice as many).
+    # of 4096, 6000 steps (Table 1's no-gate rows, half the cost per step, take twice as many; the
+    # table then continues each row at 256: experiments.TABLE1_CONTINUE).
     "selective-copying": Task(
         sample=lambda cfg, b, l, g: selective_copying(b, l, cfg.num_tokens, cfg.vocab_size, g),
         check_length=lambda cfg, l: check_selective_copying(l, cfg.num_tokens, cfg.vocab_size),

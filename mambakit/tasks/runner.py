@@ -307,12 +307,13 @@ def _checkpoint(cfg: SynthConfig, model: LanguageModel, optimizer, state: TrainS
                      {**state.to_json(), "synth_config": dataclasses.asdict(cfg)})
 
 
-def _resume(cfg: SynthConfig, model: LanguageModel, optimizer, state: TrainState) -> None:
+def _resume(cfg: SynthConfig, model: LanguageModel, optimizer, state: TrainState) -> bool:
+    """Continue from cfg.checkpoint_dir's latest checkpoint, if there is one; whether there was."""
     from mambakit.train.checkpoint import latest_checkpoint, load_checkpoint
 
     latest = latest_checkpoint(cfg.checkpoint_dir)
     if latest is None:
-        return
+        return False
     saved = load_checkpoint(latest, model, optimizer, model)
     # as JSON (tuples read back as lists); a field newer than the checkpoint has its default there
     mine = _as_json(cfg)
@@ -322,6 +323,7 @@ def _resume(cfg: SynthConfig, model: LanguageModel, optimizer, state: TrainState
         raise ValueError(f"{latest} is a run with other settings ({', '.join(differ)}); "
                          f"use another checkpoint folder")
     state.restore(saved)
+    return True
 
 
 def _as_json(cfg: SynthConfig) -> dict:
@@ -368,8 +370,9 @@ def train_synth(model: LanguageModel, cfg: SynthConfig,
     device = model.device
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     state = TrainState(0, [], 0.0, seeded(cfg.seed))
-    if cfg.checkpoint_dir is not None:
-        _resume(cfg, model, optimizer, state)
+    resumed = cfg.checkpoint_dir is not None and _resume(cfg, model, optimizer, state)
+    if cfg.init_from is not None and not resumed:      # a resumed run has its own weights already
+        start_from(cfg, model)
     model.train()
     started = time.perf_counter() - state.seconds
     try:
@@ -411,10 +414,7 @@ def run_synth(cfg: SynthConfig, on_progress: Optional[Callable[[int, int, float]
               on_eval: Optional[Callable[[dict], None]] = None) -> dict:
     """Build, train and evaluate one model on `cfg.task`; returns a JSON-ready results dict.
     `on_eval(result)` is called after each evaluated length."""
-    model = build_synth_model(cfg)
-    if cfg.init_from is not None:
-        start_from(cfg, model)
-    model = model.to(resolve_device(cfg.device))
+    model = build_synth_model(cfg).to(resolve_device(cfg.device))
     state = train_synth(model, cfg, on_progress)
     losses = state.losses
     tail = losses[-max(1, len(losses) // 10):]       # the last tenth: a less noisy final loss

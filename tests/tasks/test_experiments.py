@@ -2,6 +2,7 @@
 resumable and time-bounded runs, the paper recipe, thread fallback."""
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -308,6 +309,12 @@ def test_init_from_starts_a_run_from_an_earlier_runs_weights(tmp_path):
         run_synth(SynthConfig(**{**TINY, "d_model": 8, "init_from": str(tmp_path / "first")}))
     with pytest.raises(ValueError, match="no checkpoint"):
         run_synth(SynthConfig(**{**TINY, "init_from": str(tmp_path / "nothing")}))
+    # a resumed run continues from its own checkpoint: the run it started from is no longer read
+    started = SynthConfig(**copying, steps=2, eval_lengths=(), init_from=str(tmp_path / "first"),
+                          checkpoint_dir=str(tmp_path / "started"))
+    run_synth(started)
+    shutil.rmtree(tmp_path / "first")
+    assert run_synth(dataclasses.replace(started, steps=3))["steps_done"] == 3
 
 
 def test_warm_started_mqar_sweep_starts_each_length_from_the_last_ones_best_run(tmp_path):
